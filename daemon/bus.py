@@ -1,0 +1,74 @@
+"""A small in-process event bus.
+
+Night changes, machine state changes, detections and errors are published
+here; the notifier, the logs and the MJPEG headers subscribe. Subscribers are
+called on the publisher's thread, so they must be quick (append to a queue,
+set a value); a subscriber that raises is logged and never hurts the
+publisher, which is usually the capture loop.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+log = logging.getLogger("picamd.bus")
+
+
+@dataclass(frozen=True)
+class Event:
+    """`kind` is dotted, e.g. `night.enter`, `motion.state`; subscribers match on a prefix."""
+
+    kind: str
+    data: dict[str, Any] = field(default_factory=dict)
+    ts: float = field(default_factory=time.time)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"event": self.kind, "ts": self.ts, **self.data}
+
+
+Handler = Callable[[Event], None]
+
+
+class EventBus:
+    def __init__(self, history: int = 200) -> None:
+        self._lock = threading.Lock()
+        self._subs: list[tuple[str, Handler]] = []
+        self._history: list[Event] = []
+        self._history_len = history
+        self.errors = 0
+
+    def subscribe(self, prefix: str, handler: Handler) -> Callable[[], None]:
+        """Call `handler` for every event whose kind starts with `prefix` ('' for all). Returns an unsubscribe function."""
+        entry = (prefix, handler)
+        with self._lock:
+            self._subs.append(entry)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                if entry in self._subs:
+                    self._subs.remove(entry)
+
+        return unsubscribe
+
+    def publish(self, kind: str, **data: Any) -> Event:
+        event = Event(kind, data)
+        with self._lock:
+            subs = list(self._subs)
+            self._history.append(event)
+            if len(self._history) > self._history_len:
+                del self._history[: len(self._history) - self._history_len]
+        for prefix, handler in subs:
+            if kind.startswith(prefix):
+                try:
+                    handler(event)
+                except Exception:  # a broken subscriber must not break the publisher
+                    self.errors += 1
+                    log.exception("event subscriber %r failed on %s", handler, kind)
+        return event
+
+    def recent(self, prefix: str = "", limit: int = 50) -> list[Event]:
+        with self._lock:
+            return [e for e in self._history if e.kind.startswith(prefix)][-limit:]

@@ -1,0 +1,154 @@
+"""The command registry: every command is declared once, with its handler.
+
+The TCP command port, tests and any later entry point (MQTT) dispatch through
+`Registry.dispatch`, so `help` writes itself and every entry point validates
+arguments and authorisation the same way.
+
+Wire format of a reply (see `Reply.encode`): a first line `OK ...` or
+`ERR <reason>`, then any body lines (pretty JSON or text), then one empty
+line that ends the reply. `shortstream` is the one exception: after its OK
+line come length-prefixed JPEG frames (see `mjpeg.py`/`control.py`).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+log = logging.getLogger("picamd.commands")
+
+
+@dataclass
+class Reply:
+    ok: bool
+    message: str = ""
+    body: Any = None  # JSON-able: sent as pretty JSON lines after the first line
+    text: str | None = None  # plain text lines after the first line
+    stream: Iterator[bytes] | None = None  # raw bytes after the first line (no terminating empty line)
+
+    @classmethod
+    def error(cls, reason: str) -> "Reply":
+        return cls(False, reason)
+
+    def first_line(self) -> str:
+        head = "OK" if self.ok else "ERR"
+        msg = " ".join(self.message.split())  # never let a reason break the one-line rule
+        return f"{head} {msg}".rstrip()
+
+    def encode(self) -> bytes:
+        lines = [self.first_line()]
+        if self.body is not None:
+            lines.append(json.dumps(self.body, indent=2, default=str))
+        if self.text:
+            lines.append("\n".join(ln for ln in self.text.splitlines() if ln.strip()))
+        out = "\n".join(lines) + "\n"
+        if self.stream is None:
+            out += "\n"
+        return out.encode()
+
+
+@dataclass
+class Session:
+    """One client's state on an entry point (a TCP connection, a test)."""
+
+    peer: str = "local"
+    authorized: bool = False
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+Handler = Callable[[list[str], Session], Reply]
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    handler: Handler
+    help: str
+    usage: str = ""
+    mutating: bool = False  # needs the token when one is set
+    min_args: int = 0
+    max_args: int | None = 0
+    raw_tail: bool = False  # the last argument takes the rest of the line as it is (for `set KEY VALUE`)
+
+
+class Registry:
+    def __init__(self, token: Callable[[], str] = lambda: "") -> None:
+        self._commands: dict[str, Command] = {}
+        self._lock = threading.Lock()
+        self._token = token
+        self.register(Command("help", self._help, "List the commands, or show one", usage="[COMMAND]", max_args=1))
+        self.register(Command("token", self._auth, "Authorise this connection for commands that change state", usage="SECRET", min_args=1, max_args=1))
+
+    def register(self, command: Command) -> None:
+        with self._lock:
+            if command.name.lower() in self._commands:
+                raise ValueError(f"command {command.name} is registered twice")
+            self._commands[command.name.lower()] = command
+
+    def add(self, name: str, help: str, *, usage: str = "", mutating: bool = False, min_args: int = 0,
+            max_args: int | None = 0, raw_tail: bool = False) -> Callable[[Handler], Handler]:
+        """Decorator form of `register`."""
+
+        def deco(fn: Handler) -> Handler:
+            self.register(Command(name, fn, help, usage, mutating, min_args, max_args, raw_tail))
+            return fn
+
+        return deco
+
+    def names(self) -> list[str]:
+        return sorted(c.name for c in self._commands.values())
+
+    def get(self, name: str) -> Command | None:
+        return self._commands.get(name.lower())
+
+    def dispatch(self, line: str, session: Session | None = None) -> Reply:
+        """Run one command line. Never raises: every failure becomes an ERR reply."""
+        session = session or Session()
+        line = line.strip()
+        if not line:
+            return Reply.error("empty command (try help)")
+        if not line.isprintable():
+            return Reply.error("command contains control or binary characters")
+        name, _, rest = line.partition(" ")
+        cmd = self.get(name)
+        if cmd is None:
+            return Reply.error(f"unknown command {name[:40]!r} (try help)")
+        if cmd.raw_tail and cmd.max_args:
+            args = rest.strip().split(None, cmd.max_args - 1) if rest.strip() else []
+        else:
+            args = rest.split()
+        if len(args) < cmd.min_args or (cmd.max_args is not None and len(args) > cmd.max_args):
+            return Reply.error(f"usage: {cmd.name} {cmd.usage}".rstrip())
+        if cmd.mutating and self._token() and not session.authorized:
+            return Reply.error(f"{cmd.name} changes state and needs 'token SECRET' first on this connection")
+        try:
+            return cmd.handler(args, session)
+        except Exception as exc:  # a handler bug answers ERR, it never drops the connection or the daemon
+            log.exception("command %r failed", line[:200])
+            return Reply.error(f"{cmd.name} failed: {exc}")
+
+    # -- built-in commands
+    def _help(self, args: list[str], session: Session) -> Reply:
+        if args:
+            cmd = self.get(args[0])
+            if cmd is None:
+                return Reply.error(f"unknown command {args[0][:40]!r}")
+            lock = " (needs token)" if cmd.mutating and self._token() else ""
+            return Reply(True, cmd.name, text=f"{cmd.name} {cmd.usage}".rstrip() + f"\n  {cmd.help}{lock}")
+        width = max(len(f"{c.name} {c.usage}") for c in self._commands.values())
+        lines = [f"{(c.name + ' ' + c.usage).strip():<{width}}  {c.help}" for c in sorted(self._commands.values(), key=lambda c: c.name)]
+        return Reply(True, f"{len(lines)} commands", text="\n".join(lines))
+
+    def _auth(self, args: list[str], session: Session) -> Reply:
+        token = self._token()
+        if not token:
+            session.authorized = True
+            return Reply(True, "no token is configured; all commands are open")
+        import hmac
+
+        if hmac.compare_digest(args[0].encode(), token.encode()):
+            session.authorized = True
+            return Reply(True, "authorised")
+        return Reply.error("wrong token")

@@ -1,0 +1,236 @@
+"""Preallocated ring buffer of downscaled frames with their metadata.
+
+One writer (the capture loop), many readers. The pixel storage is a single
+numpy array allocated once; the writer resizes each camera frame straight into
+the next slot (`next_slot()` then `commit()`), so nothing is allocated per
+frame. Readers always get copies, and they never hold a lock while copying:
+every slot carries the id of the frame in it, set to -1 while the writer is
+filling it, and a reader that sees the id change during its copy drops that
+copy (a seqlock). So nothing a reader does can slow the writer.
+"""
+from __future__ import annotations
+
+import bisect
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger("picamd.ring")
+
+
+@dataclass
+class FrameMeta:
+    frame_id: int
+    ts: float  # wall clock, for names and metadata
+    mono: float  # time.monotonic(), for intervals
+    dark_score: float = 0.0  # mean brightness of the downscaled frame, 0..255
+    night: bool = False
+    exposure_us: int | None = None
+    gain: float | None = None
+    # Per-frame results of later stages (motion, detections): small JSON-able values.
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {
+            "frame_id": self.frame_id,
+            "ts": round(self.ts, 6),
+            "dark_score": round(float(self.dark_score), 3),
+            "night": bool(self.night),
+            "exposure_us": self.exposure_us,
+            "gain": None if self.gain is None else round(float(self.gain), 3),
+        }
+        d.update(self.extra)
+        return d
+
+
+def plan_capacity(requested: int, frame_bytes: int, available_bytes: int, fraction: float) -> tuple[int, str]:
+    """How many frames fit: the requested count, clamped to `fraction` of available memory.
+
+    Returns the count and the arithmetic as a sentence for the log.
+    """
+    budget = int(available_bytes * fraction)
+    fits = max(2, budget // max(1, frame_bytes))
+    n = min(requested, fits)
+    why = (
+        f"ring: {requested} frames x {frame_bytes / 1024:.1f} KiB = {requested * frame_bytes / 2**20:.1f} MiB requested; "
+        f"budget {fraction:.0%} of {available_bytes / 2**20:.0f} MiB available = {budget / 2**20:.1f} MiB -> "
+        f"{n} frames ({n * frame_bytes / 2**20:.1f} MiB)" + ("" if n == requested else " (clamped)")
+    )
+    return n, why
+
+
+class Ring:
+    def __init__(self, capacity: int, height: int, width: int, channels: int = 3) -> None:
+        if capacity < 2:
+            raise ValueError("ring capacity must be at least 2")
+        self.capacity = capacity
+        self.shape = (height, width, channels)
+        self._frames = np.zeros((capacity, height, width, channels), dtype=np.uint8)
+        self._ids = np.full(capacity, -1, dtype=np.int64)  # -1: empty or being written
+        self._metas: list[FrameMeta | None] = [None] * capacity
+        self._ts = np.zeros(capacity, dtype=np.float64)
+        self._head = 0  # next slot to write
+        self._count = 0
+        self._newest_id = -1
+        self._cond = threading.Condition()
+
+    # -- writer side (the capture loop only)
+    def next_slot(self) -> np.ndarray:
+        """The slot the writer fills next. Its old frame is invalid from now on."""
+        i = self._head
+        self._ids[i] = -1
+        return self._frames[i]
+
+    def commit(self, meta: FrameMeta) -> None:
+        i = self._head
+        self._metas[i] = meta
+        self._ts[i] = meta.ts
+        self._ids[i] = meta.frame_id
+        with self._cond:
+            self._head = (i + 1) % self.capacity
+            self._count = min(self._count + 1, self.capacity)
+            self._newest_id = meta.frame_id
+            self._cond.notify_all()
+
+    # -- reader side
+    @property
+    def newest_id(self) -> int:
+        return self._newest_id
+
+    @property
+    def fill(self) -> int:
+        return self._count
+
+    @property
+    def nbytes(self) -> int:
+        return self._frames.nbytes
+
+    def _order(self) -> list[int]:
+        """Slot indices from oldest to newest."""
+        head, count, cap = self._head, self._count, self.capacity
+        start = (head - count) % cap
+        return [(start + k) % cap for k in range(count)]
+
+    def _copy(self, i: int) -> tuple[np.ndarray, FrameMeta] | None:
+        fid = self._ids[i]
+        if fid < 0:
+            return None
+        meta = self._metas[i]
+        frame = self._frames[i].copy()
+        if self._ids[i] != fid or meta is None or meta.frame_id != fid:
+            return None  # overwritten while we copied
+        return frame, meta
+
+    def latest(self) -> tuple[np.ndarray, FrameMeta] | None:
+        for _ in range(3):
+            order = self._order()
+            if not order:
+                return None
+            got = self._copy(order[-1])
+            if got is not None:
+                return got
+        return None
+
+    def latest_meta(self) -> FrameMeta | None:
+        order = self._order()
+        return self._metas[order[-1]] if order else None
+
+    def wait_newer(self, after_id: int, timeout: float) -> tuple[np.ndarray, FrameMeta] | None:
+        """Block until a frame newer than `after_id` is there (or the timeout passes); returns a copy of the newest."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._newest_id <= after_id:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                self._cond.wait(left)
+        return self.latest()
+
+    def metas(self) -> list[FrameMeta]:
+        """Metadata of every frame held, oldest first (no pixels copied)."""
+        return [m for i in self._order() if (m := self._metas[i]) is not None and self._ids[i] >= 0]
+
+    def _collect(self, slots: list[int]) -> tuple[np.ndarray, list[FrameMeta]]:
+        frames = np.empty((len(slots), *self.shape), dtype=np.uint8)
+        metas: list[FrameMeta] = []
+        n = 0
+        for i in slots:
+            fid = self._ids[i]
+            meta = self._metas[i]
+            if fid < 0 or meta is None:
+                continue
+            np.copyto(frames[n], self._frames[i])
+            if self._ids[i] != fid:
+                continue
+            metas.append(meta)
+            n += 1
+        return frames[:n], metas
+
+    def last_n(self, n: int) -> tuple[np.ndarray, list[FrameMeta]]:
+        """Copies of the newest `n` frames (oldest first) as one (n, H, W, C) array, with their metadata."""
+        order = self._order()
+        return self._collect(order[-n:] if n > 0 else [])
+
+    def last_seconds(self, seconds: float, limit: int | None = None, now: float | None = None) -> tuple[np.ndarray, list[FrameMeta]]:
+        """Frames whose wall-clock timestamps fall in the last `seconds` (judged by timestamps, not by frame rate)."""
+        order = self._order()
+        if not order:
+            return self._collect([])
+        newest_ts = self._ts[order[-1]] if now is None else now
+        since = newest_ts - seconds
+        ts = [self._ts[i] for i in order]
+        start = bisect.bisect_left(ts, since)
+        slots = order[start:]
+        if limit is not None:
+            slots = slots[-limit:]
+        return self._collect(slots)
+
+    def nearest(self, ts: float) -> tuple[np.ndarray, FrameMeta] | None:
+        """The frame whose timestamp is closest to `ts`."""
+        order = self._order()
+        if not order:
+            return None
+        times = [self._ts[i] for i in order]
+        k = bisect.bisect_left(times, ts)
+        candidates = [c for c in (k - 1, k) if 0 <= c < len(order)]
+        best = min(candidates, key=lambda c: abs(times[c] - ts))
+        return self._copy(order[best])
+
+
+class LatestSlot:
+    """The newest full-resolution frame, overwritten rather than queued.
+
+    The capture loop `put`s each frame reference (the source returns a fresh
+    array per frame, so no copy is needed); readers `wait_newer` and must not
+    modify what they get.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._frame: np.ndarray | None = None
+        self._meta: FrameMeta | None = None
+
+    def put(self, frame: np.ndarray, meta: FrameMeta) -> None:
+        with self._cond:
+            self._frame, self._meta = frame, meta
+            self._cond.notify_all()
+
+    def get(self) -> tuple[np.ndarray, FrameMeta] | None:
+        with self._cond:
+            if self._frame is None or self._meta is None:
+                return None
+            return self._frame, self._meta
+
+    def wait_newer(self, after_id: int, timeout: float) -> tuple[np.ndarray, FrameMeta] | None:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._meta is None or self._meta.frame_id <= after_id:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                self._cond.wait(left)
+            return self._frame, self._meta

@@ -1,0 +1,1 @@
+"""Frame sources: picamera2, opencv (device, URL, file), synthetic, and the auto pick."""

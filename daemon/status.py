@@ -1,0 +1,70 @@
+"""Per-component health: ok or degraded, with the last error and counters.
+
+Every component owns one `ComponentStatus`; the app gathers them for the
+`health` command and `/health`. Loops record their own errors here instead of
+dying silently.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+
+class ComponentStatus:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._lock = threading.Lock()
+        self._degraded: str | None = None
+        self._since = time.time()
+        self.last_error: str | None = None
+        self.last_error_ts: float | None = None
+        self.errors = 0
+        self._log = logging.getLogger(f"picamd.{name}")
+
+    @property
+    def ok(self) -> bool:
+        return self._degraded is None
+
+    @property
+    def state(self) -> str:
+        reason = self._degraded
+        return "ok" if reason is None else f"degraded ({reason})"
+
+    def degrade(self, reason: str) -> None:
+        """Mark degraded; logs once per change of reason, not on every retry."""
+        with self._lock:
+            if self._degraded == reason:
+                return
+            self._degraded = reason
+            self._since = time.time()
+        self._log.warning("%s degraded: %s", self.name, reason)
+
+    def recover(self) -> None:
+        with self._lock:
+            if self._degraded is None:
+                return
+            reason, self._degraded = self._degraded, None
+            down_for = time.time() - self._since
+            self._since = time.time()
+        self._log.info("%s recovered after %.1f s (was: %s)", self.name, down_for, reason)
+
+    def error(self, message: str, exc: BaseException | None = None) -> None:
+        """Count and remember an error (logged with its traceback at debug level only, to keep journald readable)."""
+        with self._lock:
+            self.errors += 1
+            self.last_error = message if exc is None else f"{message}: {exc}"
+            self.last_error_ts = time.time()
+        self._log.error("%s", self.last_error)
+        if exc is not None:
+            self._log.debug("traceback", exc_info=exc)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "state": self.state,
+            "since": round(self._since, 3),
+            "errors": self.errors,
+            "last_error": self.last_error,
+            "last_error_ts": self.last_error_ts,
+        }
