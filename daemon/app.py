@@ -22,7 +22,7 @@ from .commands import Command, Registry, Reply, Session
 from .config import Config, ConfigError, parse_downscale
 from .control import ControlServer
 from .export import Exporter
-from .health import SwapGuard, system_figures
+from .health import SwapGuard, SystemHealth
 from .mjpeg import JpegFeed, MjpegServer
 from .motion import Motion
 from .night import NightController
@@ -107,9 +107,12 @@ class App:
         self.ring = Ring(capacity, ring_h, ring_w)
         self.latest = LatestSlot()
 
-        self.night = NightController(config.section("night"), self.bus, apply_camera=lambda night: self.capture.apply_night(night))
+        self.night = NightController(
+            config.section("night"), self.bus, apply_camera=lambda night: self.capture.apply_night(night), status=self.statuses["night"]
+        )
         self.motion = Motion(config.section("motion"), self.bus, self.statuses["motion"], (frame_w, frame_h), (ring_w, ring_h))
         self.swap_guard = SwapGuard(config.section("health"))
+        self.system = SystemHealth(lambda: config.get("export.base_dir"))
         self.capture = CaptureLoop(
             cam, config.section("night"), reopen, self.ring, self.latest, self.night, self.bus, self.statuses["camera"],
             stages=[self.motion], slowdown=self.swap_guard.factor, first_source=first_source,
@@ -136,6 +139,7 @@ class App:
     def start(self) -> None:
         # Consumers first, so nothing the capture loop produces is missed; servers last.
         self.notifier.start()
+        self.exporter.start()
         self.motion.start()
         self.capture.start()
         self.feed.start()
@@ -146,7 +150,7 @@ class App:
         self._watchdog_thread.start()
         self.systemd.ready()
         log.info(
-            "picamd %s running: commands on %s:%d, stream on http://%s:%d/stream, %s",
+            "picamd %s running: commands on %s:%s, stream on http://%s:%s/stream, %s",
             __version__, self.config.get("control.bind"), self.control.port,
             self.config.get("mjpeg.bind"), self.mjpeg.port, self.capture.health()["source"],
         )
@@ -155,7 +159,7 @@ class App:
         self.systemd.stopping()
         self._stop.set()
         # Servers first so no new work arrives, then the producers, then the consumers.
-        for component in (self.control, self.mjpeg, self.autosaver, self.feed, self.capture, self.motion, self.notifier):
+        for component in (self.control, self.mjpeg, self.autosaver, self.exporter, self.feed, self.capture, self.motion, self.notifier):
             try:
                 component.stop()
             except Exception:
@@ -178,7 +182,7 @@ class App:
     # -- health and status
     def health(self) -> dict[str, Any]:
         meta = self.ring.latest_meta()
-        figures = system_figures(self.config.get("export.base_dir"))
+        figures = self.system.health()
         degraded = sorted(n for n, s in self.statuses.items() if not s.ok)
         return {
             "status": "degraded" if degraded else "ok",
@@ -196,7 +200,7 @@ class App:
             "night": self.night.health(),
             "latest_frame": meta.to_dict() if meta else None,
             "system": figures,
-            "swap_guard": {"active": self.swap_guard.active},
+            "swap_guard": self.swap_guard.health(),
             "clients": {"control": self.control.health(), "mjpeg": self.mjpeg.health()},
             "encoder": self.feed.health(),
             "export": self.exporter.health(),

@@ -172,8 +172,7 @@ class CaptureLoop:
         self._described = src.describe()
         self._opened_mono = time.monotonic()
         self._reopens += 1
-        if self._night.is_night:
-            self.apply_night(True)
+        self._night.camera_reopened()  # a reopened camera comes back at day exposure
         log.info("camera opened: %s", self._described)
         return True
 

@@ -215,7 +215,15 @@ def _check_regions(value: list) -> list:
     names = [r["name"] for r in value]
     if len(set(names)) != len(names):
         raise ValueError("region names must be unique")
-    return value
+    # Everything that does not need the frame size (bounds are checked by Motion against the real frame).
+    # Imported here: motion imports modules that must not import config back at load time.
+    from .motion import check_regions
+    return check_regions(value)
+
+
+def _check_masks(value: list) -> list:
+    from .motion import check_masks
+    return check_masks(value)
 
 
 PRIVATE_NETS = ["127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16", "fc00::/7", "fe80::/10"]
@@ -305,7 +313,7 @@ SCHEMA: tuple[Key, ...] = (
     Key("motion.brightness_jump", float, 20.0, "A global brightness change of this many grey levels between frames resets the background instead of counting as motion", min=1, max=255),
     Key("motion.settle_s", float, 5.0, "After a brightness jump or night switch, motion is not judged for this long", min=0, max=600),
     Key("motion.regions", list, [], "Regions: name, rect [x,y,w,h] or polygon [[x,y],...] (pixels of the full frame, or fractions 0..1), min_fraction or min_pixels, optional machine_id and webhook", check=_check_regions),
-    Key("motion.masks", list, [], "Areas ignored everywhere (burnt-in timestamps, trees): rects or polygons like the regions"),
+    Key("motion.masks", list, [], "Areas ignored everywhere (burnt-in timestamps, trees): rects or polygons like the regions", check=_check_masks),
     Key("motion.log_dir", str, "logs", "Folder of the motion, state-change and deep-sleep logs", live=False),
     Key("motion.log_max_mb", float, 10.0, "Rotate a motion log when it reaches this size", min=0.01, max=10000),
     Key("motion.log_keep", int, 5, "Rotated motion logs kept per region", min=0, max=1000),
@@ -325,6 +333,7 @@ SCHEMA: tuple[Key, ...] = (
     Key("notify.email.sender", str, "picamd@localhost", "From address"),
     Key("notify.email.recipients", list, [], "To addresses"),
     Key("notify.email.username", str, "", "SMTP user; the password comes from the environment variable PICAMD_SMTP_PASSWORD"),
+    Key("notify.email.ca_file", str, "", "PEM file of certificates to trust for the SMTP server's TLS (a local relay with its own certificate); empty: the system's"),
     # logging
     Key("logging.level", str, "INFO", "Log level", choices=("DEBUG", "INFO", "WARNING", "ERROR")),
 )
@@ -496,3 +505,28 @@ def markdown_table() -> str:
             default = default[:37] + "..."
         rows.append(f"| `{k.name}` | `{default}` | {k.describe_range()} | {'yes' if k.live else 'restart'} | {k.doc} |")
     return "\n".join(rows)
+
+
+def commented_yaml(values: dict[str, Any] | None = None) -> str:
+    """A complete config.yaml with every key, its value and its doc line as a comment."""
+    values = values or {}
+    lines = ["# picamd configuration. Every key, with its default and what it does.",
+             "# Change values live with `set KEY VALUE` on the command port; `overwrite_config` writes them here.", ""]
+    open_path: list[str] = []
+    for k in SCHEMA:
+        *parents, leaf = k.name.split(".")
+        common = 0
+        while common < min(len(parents), len(open_path)) and parents[common] == open_path[common]:
+            common += 1
+        for depth in range(common, len(parents)):
+            if depth == 0:
+                lines.append("")
+            lines.append("  " * depth + f"{parents[depth]}:")
+        open_path = parents
+        indent = "  " * len(parents)
+        value = values.get(k.name, k.default)
+        rendered = yaml.safe_dump({leaf: value}, default_flow_style=True, width=10_000).strip()[1:-1]
+        rng = k.describe_range().replace(" \\| ", "|")
+        lines.append(f"{indent}# {k.doc}" + (f" [{rng}]" if rng else "") + ("" if k.live else " (restart)"))
+        lines.append(f"{indent}{rendered}")
+    return "\n".join(lines) + "\n"

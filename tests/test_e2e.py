@@ -162,7 +162,7 @@ def test_shortstream_tool_saves_frames(daemon, tmp_path):
 
 
 def test_quota_full_disk_degrades_and_recovers(daemon):
-    daemon.cmd("set export.min_free_mb 100000000")
+    daemon.cmd("set export.min_free_mb 10000000")
     out = replies(daemon.cmd("save jpg", "health"))
     assert out[0].startswith("ERR disk full"), out[0]
     assert "export" in reply_json(out[1])["degraded"]

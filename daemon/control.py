@@ -1,0 +1,484 @@
+"""The TCP command port: one command per line, like netcat expects.
+
+    echo "health" | nc raspberrypi 9999        # one command, then the client half-closes
+    nc raspberrypi 9999                         # interactive: type commands, read replies
+
+Each line (ending in \\n or \\r\\n; a last line without newline before the
+client half-closes counts too) is dispatched through the command registry and
+answered with `Reply.encode()`: a first line `OK ...` or `ERR <reason>`, body
+lines, and an empty line. A streaming reply (`shortstream N`) is its first
+line followed by the raw chunks of the stream. Then the connection reads the
+next command.
+
+One thread (`picamd-control`) accepts connections and never waits on a
+client: peers outside `control.allow` and connections over
+`control.max_clients` get one `ERR` line written without blocking, and the
+same thread drains and closes them a moment later (closing a socket with
+unread input makes the kernel send a reset, which can destroy the `ERR` line
+before the client reads it). Every accepted client gets its own thread
+(`picamd-control-<n>`), so a slow command, a silent client or one that never
+reads its replies only ever holds up itself: reads wake every second to check
+the idle timeout, and a reply that cannot be sent within `send_timeout_s`
+drops that client.
+"""
+from __future__ import annotations
+
+import logging
+import selectors
+import socket
+import threading
+import time
+from typing import Any, Iterator
+
+from .commands import Registry, Reply, Session
+from .config import Section
+from .netutil import peer_allowed
+from .status import ComponentStatus
+
+log = logging.getLogger("picamd.control")
+
+# How often a blocked read wakes up to look at the idle timeout and the stop flag.
+_READ_POLL_S = 1.0
+# How long a refused connection is drained before it is closed.
+_LINGER_S = 1.0
+# At most this many refused connections are drained at once; beyond that they are closed at once.
+_MAX_LINGERING = 64
+# One refusal log line per peer and reason per this many seconds (port scanners would flood journald).
+_REFUSAL_LOG_EVERY_S = 60.0
+_RECV_BYTES = 65536
+
+
+class _Client:
+    """One accepted connection and the thread that serves it."""
+
+    def __init__(self, number: int, sock: socket.socket, ip: str, port: int) -> None:
+        self.number = number
+        self.sock = sock
+        self.ip = ip
+        self.peer = f"{ip}:{port}"
+        self.thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def shutdown(self) -> None:
+        """Wake the serving thread from a blocked recv/send (it then closes the socket itself)."""
+        with self._lock:
+            if self._closed:
+                return
+            try:
+                self.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            try:
+                self.sock.close()
+            except OSError:
+                pass
+
+
+class ControlServer:
+    """The command port. `start()` binds `control.bind:control.port`; `port` is the bound port."""
+
+    def __init__(self, cfg: Section, registry: Registry, status: ComponentStatus, *, send_timeout_s: float = 10.0) -> None:
+        self._cfg = cfg
+        self._registry = registry
+        self._status = status
+        self._send_timeout_s = send_timeout_s
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._listener: socket.socket | None = None
+        self._port: int | None = None
+        self._thread: threading.Thread | None = None
+        self._clients: dict[int, _Client] = {}
+        self._next_number = 0
+        self._refusal_logged: dict[tuple[str, str], float] = {}
+        self._counts = {
+            "connections_total": 0,
+            "commands_served": 0,
+            "refused_not_allowed": 0,
+            "refused_too_many": 0,
+            "lines_too_long": 0,
+            "dropped_slow": 0,
+            "idle_closed": 0,
+            "stream_errors": 0,
+        }
+
+    # -- lifecycle
+    @property
+    def port(self) -> int | None:
+        """The bound TCP port (useful when control.port is 0), or None while not listening."""
+        return self._port
+
+    def start(self) -> None:
+        """Listen and start accepting. A bind failure (port taken) degrades the component and is retried in the background."""
+        if self._thread is not None:
+            return
+        self._stop.clear()
+        self._listen()
+        self._thread = threading.Thread(target=self._serve, name="picamd-control", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop accepting, close every client connection; returns within about 2 s."""
+        if self._thread is None:
+            return
+        deadline = time.monotonic() + 1.8
+        self._stop.set()
+        with self._lock:
+            clients = list(self._clients.values())
+        for client in clients:
+            client.shutdown()
+        if self._thread is not None:
+            self._thread.join(max(0.0, deadline - time.monotonic()))
+        for client in clients:
+            if client.thread is not None:
+                client.thread.join(max(0.0, deadline - time.monotonic()))
+        busy = [c.peer for c in clients if c.thread is not None and c.thread.is_alive()]
+        if busy:
+            # A handler still running (a long save, say) keeps its daemon thread; its socket is already shut down.
+            log.warning("command port stopped with %d command(s) still finishing (%s)", len(busy), ", ".join(busy))
+        self._thread = None
+        log.info("command port stopped")
+
+    def health(self) -> dict[str, Any]:
+        with self._lock:
+            counts = dict(self._counts)
+            clients = len(self._clients)
+        return {
+            "listening": self._port is not None,
+            "port": self._port,
+            "clients": clients,
+            "max_clients": self._cfg.max_clients,
+            **counts,
+            "refused": counts["refused_not_allowed"] + counts["refused_too_many"],
+        }
+
+    # -- accepting
+    def _listen(self) -> bool:
+        bind, port = self._cfg.bind, self._cfg.port
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((bind, port))
+            sock.listen(128)
+            sock.setblocking(False)
+        except OSError as exc:
+            sock.close()
+            self._status.degrade(f"cannot listen on {bind}:{port}: {exc.strerror or exc}")
+            return False
+        self._listener = sock
+        self._port = sock.getsockname()[1]
+        self._status.recover()
+        log.info("command port listening on %s:%d", bind, self._port)
+        return True
+
+    def _serve(self) -> None:
+        selector = selectors.DefaultSelector()
+        lingering: dict[socket.socket, float] = {}
+        retry_s = 1.0
+        try:
+            while not self._stop.is_set():
+                try:
+                    if self._listener is None:
+                        if self._stop.wait(retry_s):
+                            break
+                        retry_s = min(retry_s * 2, 30.0)
+                        if not self._listen():
+                            continue
+                        retry_s = 1.0
+                    if self._listener is not None and not _registered(selector, self._listener):
+                        selector.register(self._listener, selectors.EVENT_READ)
+                    for key, _ in selector.select(timeout=0.25):
+                        if key.fileobj is self._listener:
+                            self._accept(selector, lingering)
+                        else:
+                            _drain(selector, lingering, key.fileobj)  # type: ignore[arg-type]
+                    now = time.monotonic()
+                    for sock in [s for s, until in lingering.items() if until <= now]:
+                        _forget(selector, lingering, sock)
+                except Exception as exc:  # the accept loop must outlive anything one connection does
+                    self._status.error("command port accept loop failed", exc)
+                    self._stop.wait(0.5)
+        finally:
+            for sock in list(lingering):
+                _forget(selector, lingering, sock)
+            if self._listener is not None:
+                try:
+                    selector.unregister(self._listener)
+                except (KeyError, ValueError):
+                    pass
+                self._listener.close()
+                self._listener = None
+            self._port = None
+            selector.close()
+
+    def _accept(self, selector: selectors.BaseSelector, lingering: dict[socket.socket, float]) -> None:
+        if self._listener is None:
+            return
+        try:
+            sock, addr = self._listener.accept()
+        except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+            return
+        except OSError as exc:
+            # Out of file descriptors and the like: say so, back off a little, keep the port.
+            self._status.degrade(f"cannot accept connections: {exc.strerror or exc}")
+            self._stop.wait(0.5)
+            return
+        if not self._status.ok and self._listener is not None:
+            self._status.recover()
+        ip, port = addr[0], addr[1]
+        if not peer_allowed(ip, self._cfg.allow):
+            self._refuse(selector, lingering, sock, ip, f"not allowed from {ip}", "refused_not_allowed")
+            return
+        with self._lock:
+            over = len(self._clients) >= self._cfg.max_clients
+            if not over:
+                self._next_number += 1
+                client = _Client(self._next_number, sock, ip, port)
+                self._clients[client.number] = client
+                self._counts["connections_total"] += 1
+        if over:
+            self._refuse(selector, lingering, sock, ip, "too many connections", "refused_too_many")
+            return
+        client.thread = threading.Thread(target=self._serve_client, args=(client,), name=f"picamd-control-{client.number}", daemon=True)
+        try:
+            client.thread.start()
+        except RuntimeError as exc:  # the system is out of threads
+            with self._lock:
+                self._clients.pop(client.number, None)
+            self._status.error(f"cannot start a thread for {client.peer}", exc)
+            client.close()
+
+    def _refuse(self, selector: selectors.BaseSelector, lingering: dict[socket.socket, float], sock: socket.socket,
+                ip: str, reason: str, counter: str) -> None:
+        with self._lock:
+            self._counts[counter] += 1
+        self._log_refusal(ip, reason)
+        try:
+            sock.setblocking(False)
+            sock.send(Reply.error(reason).encode())  # a few bytes into an empty send buffer: never blocks
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            sock.close()
+            return
+        if len(lingering) >= _MAX_LINGERING:
+            sock.close()
+            return
+        lingering[sock] = time.monotonic() + _LINGER_S
+        selector.register(sock, selectors.EVENT_READ)
+
+    def _log_refusal(self, ip: str, reason: str) -> None:
+        now = time.monotonic()
+        key = (ip, reason)
+        last = self._refusal_logged.get(key)
+        if last is not None and now - last < _REFUSAL_LOG_EVERY_S:
+            return
+        if len(self._refusal_logged) > 1000:
+            self._refusal_logged.clear()
+        self._refusal_logged[key] = now
+        log.info("refused a command connection from %s: %s", ip, reason)
+
+    # -- one client
+    def _serve_client(self, client: _Client) -> None:
+        log.debug("command connection %d from %s", client.number, client.peer)
+        why = "closed by the client"
+        try:
+            why = self._converse(client)
+        except Exception as exc:  # a bug here must cost one connection, never the port
+            why = "internal error"
+            self._status.error(f"command connection from {client.peer} failed", exc)
+        finally:
+            client.close()
+            with self._lock:
+                self._clients.pop(client.number, None)
+            log.debug("command connection %d from %s ended: %s", client.number, client.peer, why)
+
+    def _converse(self, client: _Client) -> str:
+        """Read lines and answer them until the client leaves. Returns why the conversation ended."""
+        sock = client.sock
+        session = Session(peer=client.peer)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+        pending = bytearray()
+        discarding = False  # inside an over-long line: drop bytes until its newline
+        last_activity = time.monotonic()
+        while not self._stop.is_set():
+            idle_left = self._cfg.idle_timeout_s - (time.monotonic() - last_activity)
+            if idle_left <= 0:
+                with self._lock:
+                    self._counts["idle_closed"] += 1
+                return f"idle for {self._cfg.idle_timeout_s:g} s"
+            try:
+                sock.settimeout(min(_READ_POLL_S, idle_left))
+                data = sock.recv(_RECV_BYTES)
+            except (TimeoutError, socket.timeout):
+                continue
+            except OSError as exc:
+                return f"read failed: {exc.strerror or exc}"
+            # Only finished lines count as activity, so a client trickling bytes cannot hold a slot forever.
+            if not data:
+                # Half-close (echo cmd | nc -N): a last line without newline is still a command.
+                if pending and not discarding and not self._stop.is_set():
+                    self._answer(client, session, bytes(pending))
+                return "closed by the client"
+            pending += data
+            while True:
+                newline = pending.find(b"\n")
+                if newline < 0:
+                    break
+                line = bytes(pending[:newline])
+                del pending[: newline + 1]
+                if discarding:
+                    discarding = False  # this newline ends the over-long line already answered
+                    continue
+                if self._stop.is_set():
+                    return "server stopping"
+                end = self._answer(client, session, line)
+                if end:
+                    return end
+                last_activity = time.monotonic()
+            max_line = self._cfg.max_line_bytes
+            if discarding:
+                pending.clear()
+            elif len(pending) > max_line + 1:  # +1: room for the \r of a \r\n line
+                pending.clear()
+                discarding = True
+                end = self._too_long(client, max_line)
+                if end:
+                    return end
+        return "server stopping"
+
+    def _too_long(self, client: _Client, max_line: int) -> str | None:
+        with self._lock:
+            self._counts["lines_too_long"] += 1
+        log.debug("%s sent a line over %d bytes", client.peer, max_line)
+        return self._send(client, Reply.error(f"line too long (max {max_line} bytes)"))
+
+    def _answer(self, client: _Client, session: Session, raw: bytes) -> str | None:
+        """Run one line and send its reply. Returns a reason when the connection must end."""
+        raw = raw.rstrip(b"\r")
+        max_line = self._cfg.max_line_bytes
+        if len(raw) > max_line:
+            return self._too_long(client, max_line)
+        if not raw.strip():
+            return None  # a blank line is no command (an interactive user pressing enter)
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            reply = Reply.error("command is not valid UTF-8 text")
+            line = None
+        else:
+            reply = self._registry.dispatch(line, session)
+        with self._lock:
+            self._counts["commands_served"] += 1
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s: %s -> %s", client.peer, _loggable(line), reply.first_line()[:120])
+        return self._send(client, reply)
+
+    def _send(self, client: _Client, reply: Reply) -> str | None:
+        """Write a reply (and its stream, if any). Returns a reason when the connection must end."""
+        try:
+            head = reply.encode()
+        except Exception as exc:  # a body json cannot encode (a handler bug): still answer
+            self._status.error(f"reply to {client.peer} could not be encoded", exc)
+            _close_stream(reply.stream)
+            reply = Reply.error("internal error: the reply could not be encoded")
+            head = reply.encode()
+        try:
+            client.sock.settimeout(self._send_timeout_s)
+            client.sock.sendall(head)
+        except (TimeoutError, socket.timeout):
+            _close_stream(reply.stream)
+            return self._dropped_slow(client)
+        except OSError as exc:
+            _close_stream(reply.stream)
+            return f"write failed: {exc.strerror or exc}"
+        if reply.stream is not None:
+            return self._send_stream(client, reply.stream)
+        return None
+
+    def _send_stream(self, client: _Client, stream: Iterator[bytes]) -> str | None:
+        chunks = iter(stream)
+        try:
+            while True:
+                if self._stop.is_set():
+                    return "server stopping"
+                try:
+                    chunk = next(chunks)
+                except StopIteration:
+                    return None
+                except Exception as exc:
+                    # Mid-stream there is no way to say ERR in the binary framing; closing tells the client.
+                    with self._lock:
+                        self._counts["stream_errors"] += 1
+                    self._status.error(f"stream to {client.peer} failed", exc)
+                    return "stream failed"
+                try:
+                    client.sock.sendall(chunk)
+                except (TimeoutError, socket.timeout):
+                    return self._dropped_slow(client)
+                except OSError as exc:
+                    return f"write failed: {exc.strerror or exc}"
+        finally:
+            _close_stream(stream)
+
+    def _dropped_slow(self, client: _Client) -> str:
+        with self._lock:
+            self._counts["dropped_slow"] += 1
+        log.info("dropped command connection from %s: it did not read its reply within %g s", client.peer, self._send_timeout_s)
+        return "not reading its replies"
+
+
+# -- helpers of the accept loop
+
+def _registered(selector: selectors.BaseSelector, sock: socket.socket) -> bool:
+    try:
+        selector.get_key(sock)
+        return True
+    except KeyError:
+        return False
+
+
+def _drain(selector: selectors.BaseSelector, lingering: dict[socket.socket, float], sock: socket.socket) -> None:
+    try:
+        if sock.recv(_RECV_BYTES):
+            return  # more input to swallow; wait for EOF or the deadline
+    except BlockingIOError:
+        return
+    except OSError:
+        pass
+    _forget(selector, lingering, sock)
+
+
+def _forget(selector: selectors.BaseSelector, lingering: dict[socket.socket, float], sock: socket.socket) -> None:
+    lingering.pop(sock, None)
+    try:
+        selector.unregister(sock)
+    except (KeyError, ValueError):
+        pass
+    sock.close()
+
+
+def _close_stream(stream: Iterator[bytes] | None) -> None:
+    close = getattr(stream, "close", None)
+    if close is not None:
+        try:
+            close()
+        except Exception:
+            log.debug("closing a reply stream failed", exc_info=True)
+
+
+def _loggable(line: str | None) -> str:
+    if line is None:
+        return "<not UTF-8>"
+    name, _, _ = line.strip().partition(" ")
+    if name.lower() == "token":
+        return "token ***"  # never write the secret to the journal
+    return repr(line[:120])

@@ -1,0 +1,307 @@
+"""One JPEG encode per frame, shared by every consumer of the stream.
+
+The encoder thread (`picamd-encoder`) waits for each new frame, encodes it
+once with the configured quality and keeps the result in a "latest value"
+slot; MJPEG viewers and `shortstream` wait on that slot for the next frame.
+Nothing queues per consumer, so a slow consumer only skips frames for itself,
+and the capture loop never waits for anyone.
+
+While nobody watches (no `with feed.watch():` open), nothing is encoded.
+`snapshot()` encodes the newest frame on demand when the slot does not
+already hold it.
+"""
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import struct
+import threading
+import time
+from typing import Iterator
+
+import cv2
+import numpy as np
+
+from .commands import Command, Registry, Reply, Session
+from .config import Section
+from .ring import FrameMeta, LatestSlot, Ring
+from .status import ComponentStatus
+
+log = logging.getLogger("picamd.encoder")
+
+SHORTSTREAM_MAX = 1000
+_RATE_WINDOW_S = 5.0
+
+
+class JpegFeed:
+    #: How long a consumer waits for the next frame before giving up (a stalled camera).
+    frame_wait_s = 10.0
+    #: How long the encoder waits for a frame before re-checking its settings and the stop flag.
+    poll_s = 0.5
+
+    def __init__(self, cfg: Section, ring: Ring, latest: LatestSlot, status: ComponentStatus) -> None:
+        self._cfg = cfg
+        self._ring = ring
+        self._latest = latest
+        self._status = status
+        self._cond = threading.Condition()
+        self._jpeg: bytes | None = None
+        self._meta: FrameMeta | None = None
+        self._watchers = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._stats_lock = threading.Lock()
+        self._encodes = 0
+        self._encode_times: collections.deque[float] = collections.deque(maxlen=4096)
+        self._last_encode_ms = 0.0
+        self._shortstreams = 0
+        self._attempted_id = -1  # last frame the encoder took, encoded or not (a broken frame is not retried)
+
+    # -- lifecycle
+    def start(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="picamd-encoder", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        with self._cond:
+            self._cond.notify_all()  # wakes consumers blocked in wait_newer
+        if self._thread is not None:
+            self._thread.join(timeout=1.5)
+            if self._thread.is_alive():
+                log.warning("encoder thread did not stop within 1.5 s")
+            self._thread = None
+
+    # -- consumers
+    @contextlib.contextmanager
+    def watch(self) -> Iterator["JpegFeed"]:
+        """Register as a consumer for the duration of the block; the encoder runs while anyone watches."""
+        with self._cond:
+            self._watchers += 1
+            self._cond.notify_all()
+        try:
+            yield self
+        finally:
+            with self._cond:
+                self._watchers -= 1
+                self._cond.notify_all()
+
+    @property
+    def watchers(self) -> int:
+        return self._watchers
+
+    @property
+    def encodes(self) -> int:
+        return self._encodes
+
+    @property
+    def newest_id(self) -> int:
+        """Id of the frame in the shared slot (-1 if none). Consumers start from it, so they
+        never get a frame encoded long before they came."""
+        meta = self._meta
+        return meta.frame_id if meta is not None else -1
+
+    def wait_newer(self, after_id: int, timeout: float) -> tuple[bytes, FrameMeta] | None:
+        """The newest encoded frame whose id differs from `after_id`, waiting up to `timeout` seconds.
+
+        "Differs" rather than "is greater": the slot only moves forward, except
+        when the capture restarts its frame counter, and then a consumer must
+        take the new frames instead of waiting for ids it will never see.
+        Only frames encoded while someone watches arrive here, so call it from
+        inside `watch()`, starting with `after_id = feed.newest_id`.
+        Returns None on timeout or when the feed stops.
+        """
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not self._stop.is_set():
+                if self._meta is not None and self._jpeg is not None and self._meta.frame_id != after_id:
+                    return self._jpeg, self._meta
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                self._cond.wait(left)
+        return None
+
+    def snapshot(self) -> tuple[bytes, FrameMeta] | None:
+        """A JPEG of the newest frame: the shared one when it is current, else encoded now. None if no frame yet."""
+        source = self._newest_source_frame()
+        with self._cond:
+            cached = (self._jpeg, self._meta) if self._jpeg is not None and self._meta is not None else None
+        if source is None:
+            return cached
+        frame, meta = source
+        if cached is not None and cached[1].frame_id == meta.frame_id:
+            return cached
+        try:
+            jpeg = self._encode(frame)
+        except Exception as exc:
+            self._status.error("snapshot encode failed", exc)
+            return cached
+        self._publish(jpeg, meta, only_if_newer=True)
+        return jpeg, meta
+
+    def latest_meta(self) -> FrameMeta | None:
+        """Metadata of the newest captured frame (encoded or not)."""
+        got = self._latest.get()
+        ring_meta = self._ring.latest_meta()
+        if got is None:
+            return ring_meta
+        if ring_meta is not None and ring_meta.frame_id > got[1].frame_id:
+            return ring_meta
+        return got[1]
+
+    # -- the encoder thread
+    def _run(self) -> None:
+        log.info("encoder running (quality %d, %s resolution); idle until someone watches", self._cfg.quality, self._cfg.resolution)
+        while not self._stop.is_set():
+            with self._cond:
+                while self._watchers == 0 and not self._stop.is_set():
+                    self._cond.wait(1.0)
+            if self._stop.is_set():
+                break
+            try:
+                self._encode_next()
+            except Exception as exc:
+                self._status.error("encoding a frame failed", exc)
+                self._status.degrade("encoding fails: " + " ".join(str(exc).split())[:200])
+                self._stop.wait(0.2)  # if every frame fails, do not spin at full speed logging errors
+        log.info("encoder stopped after %d encodes", self._encodes)
+
+    def _encode_next(self) -> None:
+        with self._cond:
+            cached_id = self._meta.frame_id if self._meta is not None else -1
+        after_id = max(cached_id, self._attempted_id)
+        got = self._wait_source_frame(after_id, self.poll_s)
+        if got is None:
+            self._check_counter_restart(after_id)
+            return
+        if self._watchers == 0:
+            return  # the last watcher left while we waited: nobody wants this frame
+        frame, meta = got
+        self._attempted_id = meta.frame_id
+        jpeg = self._encode(frame)
+        self._publish(jpeg, meta, only_if_newer=False)
+        if not self._status.ok:
+            self._status.recover()
+
+    def _check_counter_restart(self, after_id: int) -> None:
+        # The frame counter only goes backwards if the capture was rebuilt; without this the
+        # encoder would wait for an id that will never come.
+        newest = self._newest_source_id()
+        if 0 <= newest < after_id:
+            log.info("frame counter restarted (%d after %d); following the new frames", newest, after_id)
+            self._attempted_id = -1
+            with self._cond:
+                self._jpeg, self._meta = None, None
+
+    def _use_ring(self) -> bool:
+        # 'full' falls back to the ring while the full-resolution slot is empty, so the
+        # stream still works with a capture loop that only fills the ring.
+        return self._cfg.resolution == "ring" or (self._latest.get() is None and self._ring.fill > 0)
+
+    def _wait_source_frame(self, after_id: int, timeout: float) -> tuple[np.ndarray, FrameMeta] | None:
+        if self._use_ring():
+            return self._ring.wait_newer(after_id, timeout)
+        return self._latest.wait_newer(after_id, timeout)
+
+    def _newest_source_frame(self) -> tuple[np.ndarray, FrameMeta] | None:
+        if self._use_ring():
+            return self._ring.latest()
+        return self._latest.get()
+
+    def _newest_source_id(self) -> int:
+        if self._use_ring():
+            return self._ring.newest_id
+        got = self._latest.get()
+        return got[1].frame_id if got is not None else -1
+
+    def _encode(self, frame: np.ndarray) -> bytes:
+        started = time.monotonic()
+        ok, buf = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, int(self._cfg.quality)])
+        if not ok:
+            raise RuntimeError(f"cv2.imencode refused a frame of shape {frame.shape} and type {frame.dtype}")
+        done = time.monotonic()
+        with self._stats_lock:
+            self._encodes += 1
+            self._encode_times.append(done)
+            self._last_encode_ms = (done - started) * 1000.0
+        return buf.tobytes()
+
+    def _publish(self, jpeg: bytes, meta: FrameMeta, *, only_if_newer: bool) -> None:
+        with self._cond:
+            if only_if_newer and self._meta is not None and meta.frame_id <= self._meta.frame_id:
+                return
+            self._jpeg, self._meta = jpeg, meta
+            self._cond.notify_all()
+
+    # -- figures
+    def encodes_per_s(self) -> float:
+        """Encodes in the last few seconds, per second (0 while nobody watches)."""
+        now = time.monotonic()
+        with self._stats_lock:
+            recent = sum(1 for t in self._encode_times if now - t <= _RATE_WINDOW_S)
+        return recent / _RATE_WINDOW_S
+
+    def health(self) -> dict:
+        with self._cond:
+            meta, jpeg = self._meta, self._jpeg
+        return {
+            "watchers": self._watchers,
+            "shortstreams": self._shortstreams,
+            "encodes": self._encodes,
+            "encodes_per_s": round(self.encodes_per_s(), 2),
+            "last_encode_ms": round(self._last_encode_ms, 2),
+            "last_frame_id": meta.frame_id if meta is not None else None,
+            "last_jpeg_bytes": len(jpeg) if jpeg is not None else 0,
+            "quality": self._cfg.quality,
+            "resolution": self._cfg.resolution,
+        }
+
+    # -- commands
+    def register_commands(self, registry: Registry) -> None:
+        registry.register(Command(
+            "shortstream", self._cmd_shortstream,
+            f"Send the next N frames (1..{SHORTSTREAM_MAX}) as JPEGs, each after a 4-byte big-endian length; a zero length ends",
+            usage="N", min_args=1, max_args=1,
+        ))
+
+    def _cmd_shortstream(self, args: list[str], session: Session) -> Reply:
+        try:
+            count = int(args[0])
+        except ValueError:
+            count = 0
+        if not 1 <= count <= SHORTSTREAM_MAX:
+            return Reply.error(f"usage: shortstream N (N is a whole number 1..{SHORTSTREAM_MAX})")
+        return Reply(True, f"shortstream {count}", stream=self._shortstream(count, session.peer))
+
+    def _shortstream(self, count: int, peer: str) -> Iterator[bytes]:
+        """Length-prefixed JPEGs of the next `count` frames, then a zero length.
+
+        The watch is only taken once the caller starts iterating and is
+        released when the generator ends or is closed (client gone).
+        """
+        sent = 0
+        with self.watch():
+            with self._stats_lock:
+                self._shortstreams += 1
+            try:
+                last_id = self.newest_id
+                while sent < count and not self._stop.is_set():
+                    got = self.wait_newer(last_id, self.frame_wait_s)
+                    if got is None:
+                        log.warning("shortstream to %s ended after %d of %d frames: no new frame within %.0f s",
+                                    peer, sent, count, self.frame_wait_s)
+                        break
+                    jpeg, meta = got
+                    last_id = meta.frame_id
+                    sent += 1
+                    yield struct.pack(">I", len(jpeg)) + jpeg
+                yield struct.pack(">I", 0)
+            finally:
+                with self._stats_lock:
+                    self._shortstreams -= 1
+                log.info("shortstream to %s: %d of %d frames sent", peer, sent, count)

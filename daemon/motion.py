@@ -1,0 +1,1176 @@
+"""Motion checks on regions of interest, and the machine state each region implies.
+
+Regions (`motion.regions`) are named areas of the frame: a machine on a line,
+a door, a bird feeder. Each is a rectangle `rect: [x, y, w, h]` or a polygon
+`polygon: [[x, y], ...]` in pixels of the full camera frame, or in fractions of
+it when every number of the shape is <= 1. A region moves when, in one frame,
+at least `min_fraction` of its area changed (default 0.05), or at least
+`min_pixels` changed pixels counted at full-frame scale (the seed's
+`threshold=300`). Optional per region: `machine_id`, `webhook` (the URL the
+notifier uses for this region's events), and overrides of `pixel_threshold`,
+`blur`, `dilate` and `running_fraction` (the seed's `failrate`).
+`motion.masks` (rects or polygons, same units) are cut out of every region.
+
+Measure, per frame and region, on the downscaled ring frame (or on the
+full-resolution crop when the region is under 24 ring pixels a side):
+grayscale, Gaussian blur (`blur`, an even size taken as the next odd one),
+difference against a running background (`cv2.accumulateWeighted`, so slow
+light changes fade in) or the previous frame (`method`), threshold at
+`pixel_threshold` grey levels, dilate, and count the changed pixels inside the
+region's mask. Regions that lie close together share one grayscale, blurred
+box per frame; buffers are allocated once per region, so the per-frame work
+allocates almost nothing. With the background method a part that stops in a
+new place reads as changed until the background has absorbed it (about
+1/background_alpha frames); the previous-frame method has no such lag but
+misses motion too slow to show between two frames.
+
+A global brightness jump (the frame's mean, `meta.dark_score`, moving more
+than `brightness_jump` from the previous frame or from its slow average:
+lights switched on, an auto-exposure step, lightning), a night-mode switch
+(`meta.night` changing, or the bus events `night.enter`/`night.exit`) and a
+camera reopen (`camera.recovered`) re-baseline the background and suppress
+judgement for `settle_s` seconds. While settling, `meta.extra` carries
+`motion_settling: true` and the regions show the state SETTLING in X-Motion.
+
+Machine state, per region: a frame is moving or not; the region is RUNNING
+when more than `running_fraction` of the judged frames of the last `window_s`
+seconds moved (by frame timestamps, so the frame rate does not matter), else
+STOPPED. A region starts UNKNOWN and gets its first state once it has been
+judged for a whole window (after a restart nothing is claimed on a few frames);
+the same holds after a gap longer than the window (a camera stall). STOPPED
+for `deep_sleep_s` becomes DEEP_SLEEP; moving again wakes it (RUNNING). Times
+in a state count from when the state was decided.
+
+Events on the bus (all carry region, machine_id, old, new, ts (wall clock of
+the frame), frame_id, duration_s (how long the ended state lasted), idle_s,
+window_moving (the moving fraction of the window), and webhook when the
+region has one):
+- `motion.state`: UNKNOWN -> RUNNING/STOPPED, RUNNING -> STOPPED,
+  STOPPED -> RUNNING and DEEP_SLEEP -> RUNNING. idle_s is the whole time since
+  the region stopped on a resume (including deep sleep), else null.
+- `motion.deep_sleep`: STOPPED -> DEEP_SLEEP; idle_s is the time stopped.
+- `motion.wake`: DEEP_SLEEP -> RUNNING, published next to its `motion.state`
+  (subscribe to one of them for notifications, or you hear of it twice);
+  duration_s is the deep sleep alone, idle_s the whole idle time.
+
+The X-Motion header (`meta.extra["motion"]`): `name=FRACTION:STATE;...` with
+the changed fraction of the last frame to 4 decimals and the state UNKNOWN,
+RUNNING, STOPPED, DEEP_SLEEP, or SETTLING while judgement is suppressed,
+e.g. `press1=0.1234:RUNNING;door=0.0000:STOPPED`.
+
+Logs, JSON lines under `motion.log_dir` (written by the thread
+`picamd-motionlog`, see `motionlog.py`; each file rotates at `log_max_mb` to
+`.1`, `.2`, ... keeping `log_keep`):
+- `motion_<region>.jsonl`, one line per frame (the region name with anything
+  but letters, digits, `_`, `.` and `-` replaced by `_`):
+  `{"ts": 1716200000.123, "frame_id": 4711, "region": "press1", "fraction": 0.0123,
+  "pixels": 812, "moving": true, "state": "RUNNING"}`; ts in seconds since
+  the epoch, fraction of the region changed, pixels changed at full-frame
+  scale, state after this frame. Frames not judged (settling, a fresh
+  baseline) have `"moving": null`, and `"settling": true` while settling.
+- `state_changes.jsonl`: every `motion.state` event, as
+  `{"event": "motion.state", "ts": ..., "region": ..., "machine_id": ..., "old": ...,
+  "new": ..., "frame_id": ..., "duration_s": ..., "idle_s": ..., "window_moving": ...}`.
+- `deep_sleep.jsonl`: every `motion.deep_sleep` and `motion.wake` event, same fields.
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import math
+import re
+import threading
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Iterable
+
+import cv2
+import numpy as np
+
+from .bus import Event, EventBus
+from .commands import Command, Registry, Reply, Session
+from .motionlog import DEEP_SLEEP_LOG, STATE_LOG, MotionLog
+from .ring import FrameMeta
+from .status import ComponentStatus
+
+if TYPE_CHECKING:
+    from .config import Section
+
+log = logging.getLogger("picamd.motion")
+
+UNKNOWN, RUNNING, STOPPED, DEEP_SLEEP, SETTLING = "UNKNOWN", "RUNNING", "STOPPED", "DEEP_SLEEP", "SETTLING"
+DEFAULT_MIN_FRACTION = 0.05
+SMALL_REGION_PX = 24  # below this many ring pixels a side, measure on the full frame when there is one
+MIN_REGION_PX = 2  # smallest region side, in full-frame pixels
+_WINDOW_BUCKETS = 64  # the sliding window keeps at most this many time buckets, whatever the frame rate
+_MAX_NAME = 64
+_NAME_FORBIDDEN = frozenset('=;:,"\\')  # would break the X-Motion header or the command line
+_REGION_KEYS = (
+    "name", "rect", "polygon", "min_fraction", "min_pixels", "machine_id", "webhook",
+    "pixel_threshold", "blur", "dilate", "running_fraction",
+)
+_SEED_HINTS = {
+    "threshold": "use min_pixels (changed pixels at full-frame scale) or min_fraction",
+    "failrate": "use running_fraction (share of moving frames in the window that means RUNNING)",
+    "machineid": "use machine_id",
+    "ix": "use rect: [x, y, w, h]",
+}
+_EPS = 1e-9
+
+
+# --- regions: parsing and validation ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RegionSpec:
+    """One validated region, its shape in full-frame pixels."""
+
+    name: str
+    points: tuple[tuple[float, float], ...]  # polygon corners (a rect's four corners), full-frame pixels
+    is_rect: bool
+    area_px: float  # full-frame pixels
+    min_fraction: float | None
+    min_pixels: int | None
+    machine_id: str | int | None
+    webhook: str | None
+    pixel_threshold: int | None
+    blur: int | None
+    dilate: int | None
+    running_fraction: float | None
+    file_stem: str
+
+    @property
+    def bbox(self) -> tuple[float, float, float, float]:
+        xs = [p[0] for p in self.points]
+        ys = [p[1] for p in self.points]
+        return min(xs), min(ys), max(xs), max(ys)
+
+    def threshold_text(self) -> str:
+        if self.min_pixels is not None:
+            return f"{self.min_pixels} px"
+        return f"{self.min_fraction:g} of the area"
+
+
+def file_stem(name: str) -> str:
+    """A region name as it appears in file names: letters, digits, `_`, `.` and `-` only."""
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._")
+    return stem or "region"
+
+
+def _number(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{what} must be a number, not {value!r}")
+    v = float(value)
+    if not math.isfinite(v):
+        raise ValueError(f"{what} must be a finite number")
+    return v
+
+
+def _whole(value: Any, what: str, lo: int, hi: int) -> int:
+    v = _number(value, what)
+    if not v.is_integer():
+        raise ValueError(f"{what} must be a whole number, not {value!r}")
+    if not lo <= v <= hi:
+        raise ValueError(f"{what} must be {lo}..{hi}, not {int(v)}")
+    return int(v)
+
+
+def _shape(item: dict[str, Any] | list, where: str) -> tuple[bool, list[tuple[float, float]], bool]:
+    """(is_rect, points in the given units, fractional) of a rect or polygon; raises ValueError."""
+    if isinstance(item, dict):
+        rect, poly = item.get("rect"), item.get("polygon")
+        if rect is not None and poly is not None:
+            raise ValueError(f"{where}: give rect or polygon, not both")
+        if rect is None and poly is None:
+            raise ValueError(f"{where}: needs rect: [x, y, w, h] or polygon: [[x, y], ...]")
+    elif isinstance(item, list) and len(item) == 4 and all(not isinstance(v, (list, tuple)) for v in item):
+        rect, poly = item, None
+    elif isinstance(item, list):
+        rect, poly = None, item
+    else:
+        raise ValueError(f"{where}: must be a mapping with rect or polygon, or a list")
+    if rect is not None:
+        if not isinstance(rect, (list, tuple)) or len(rect) != 4:
+            raise ValueError(f"{where}: rect must be [x, y, w, h]")
+        x, y, w, h = (_number(v, f"{where}: rect {k}") for v, k in zip(rect, "xywh"))
+        if w <= 0 or h <= 0:
+            raise ValueError(f"{where}: rect has zero size (w={w:g}, h={h:g})")
+        if x < 0 or y < 0:
+            raise ValueError(f"{where}: rect starts outside the frame (x={x:g}, y={y:g})")
+        fractional = max(x, y, w, h) <= 1.0
+        if fractional and (x + w > 1 + _EPS or y + h > 1 + _EPS):
+            raise ValueError(f"{where}: rect {list(rect)} reaches outside the frame (x+w and y+h must be <= 1 as fractions)")
+        return True, [(x, y), (x + w, y), (x + w, y + h), (x, y + h)], fractional
+    if not isinstance(poly, (list, tuple)) or len(poly) < 3:
+        raise ValueError(f"{where}: polygon needs at least 3 points [[x, y], ...]")
+    points = []
+    for i, p in enumerate(poly):
+        if not isinstance(p, (list, tuple)) or len(p) != 2:
+            raise ValueError(f"{where}: polygon point {i + 1} must be [x, y], not {p!r}")
+        px, py = _number(p[0], f"{where}: polygon point {i + 1} x"), _number(p[1], f"{where}: polygon point {i + 1} y")
+        if px < 0 or py < 0:
+            raise ValueError(f"{where}: polygon point {i + 1} [{px:g}, {py:g}] is outside the frame")
+        points.append((px, py))
+    if _area(points) <= 0:
+        raise ValueError(f"{where}: polygon has no area (its points lie on a line)")
+    fractional = max(max(p) for p in points) <= 1.0
+    return False, points, fractional
+
+
+def _area(points: list[tuple[float, float]] | tuple[tuple[float, float], ...]) -> float:
+    s = 0.0
+    for (x0, y0), (x1, y1) in zip(points, list(points[1:]) + [points[0]]):
+        s += x0 * y1 - x1 * y0
+    return abs(s) / 2
+
+
+def _to_pixels(points: list[tuple[float, float]], fractional: bool, frame_size: tuple[int, int]) -> list[tuple[float, float]]:
+    if not fractional:
+        return points
+    fw, fh = frame_size
+    return [(x * fw, y * fh) for x, y in points]
+
+
+def _check_inside(points: list[tuple[float, float]], frame_size: tuple[int, int], where: str) -> None:
+    fw, fh = frame_size
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    if max(xs) > fw + _EPS or max(ys) > fh + _EPS:
+        raise ValueError(
+            f"{where}: reaches outside the {fw}x{fh} frame (to x={max(xs):g}, y={max(ys):g})"
+        )
+
+
+def _parse_region(item: Any, frame_size: tuple[int, int] | None, index: int) -> RegionSpec:
+    """Validate one region. Without frame_size the checks that need the frame's size are left out."""
+    if not isinstance(item, dict):
+        raise ValueError(f"region #{index + 1}: must be a mapping like {{name: press1, rect: [x, y, w, h]}}")
+    name = item.get("name")
+    if name is None or name == "":
+        raise ValueError(f"region #{index + 1}: needs a name")
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"region #{index + 1}: the name must be text (quote it in YAML), not {name!r}")
+    where = f"region {name!r}"
+    if name != name.strip() or len(name) > _MAX_NAME or not name.isprintable() or _NAME_FORBIDDEN & set(name):
+        raise ValueError(f"{where}: names are 1..{_MAX_NAME} printable characters without = ; : , \" \\ or surrounding spaces")
+    for key in item:
+        if key not in _REGION_KEYS:
+            hint = _SEED_HINTS.get(str(key).lower())
+            raise ValueError(f"{where}: unknown key {key!r}" + (f" ({hint})" if hint else f"; known keys: {', '.join(_REGION_KEYS)}"))
+    is_rect, points, fractional = _shape(item, where)
+    min_fraction = item.get("min_fraction")
+    min_pixels = item.get("min_pixels")
+    if min_fraction is not None and min_pixels is not None:
+        raise ValueError(f"{where}: give min_fraction or min_pixels, not both")
+    if min_fraction is not None:
+        min_fraction = _number(min_fraction, f"{where}: min_fraction")
+        if not 0 < min_fraction <= 1:
+            raise ValueError(f"{where}: min_fraction must be above 0 and at most 1, not {min_fraction:g}")
+    elif min_pixels is not None:
+        min_pixels = _whole(min_pixels, f"{where}: min_pixels", 1, 10**9)
+    else:
+        min_fraction = DEFAULT_MIN_FRACTION
+    machine_id = item.get("machine_id")
+    if machine_id is not None and (isinstance(machine_id, bool) or not isinstance(machine_id, (str, int))):
+        raise ValueError(f"{where}: machine_id must be text or a number")
+    webhook = item.get("webhook")
+    if webhook is not None:
+        if not isinstance(webhook, str) or not re.match(r"^https?://\S+$", webhook):
+            raise ValueError(f"{where}: webhook must be an http:// or https:// URL without spaces")
+    pixel_threshold = None if item.get("pixel_threshold") is None else _whole(item["pixel_threshold"], f"{where}: pixel_threshold", 1, 255)
+    blur = None if item.get("blur") is None else _whole(item["blur"], f"{where}: blur", 0, 51)
+    dilate = None if item.get("dilate") is None else _whole(item["dilate"], f"{where}: dilate", 0, 20)
+    running_fraction = None
+    if item.get("running_fraction") is not None:
+        running_fraction = _number(item["running_fraction"], f"{where}: running_fraction")
+        if not 0.01 <= running_fraction <= 0.99:
+            raise ValueError(f"{where}: running_fraction must be 0.01..0.99, not {running_fraction:g}")
+    area_px = 0.0
+    if frame_size is not None:
+        points = _to_pixels(points, fractional, frame_size)
+        _check_inside(points, frame_size, where)
+        xs, ys = [p[0] for p in points], [p[1] for p in points]
+        if max(xs) - min(xs) < MIN_REGION_PX or max(ys) - min(ys) < MIN_REGION_PX:
+            raise ValueError(f"{where}: too small (at least {MIN_REGION_PX}x{MIN_REGION_PX} pixels of the full frame)")
+        area_px = _area(points)
+        if min_pixels is not None and min_pixels > area_px:
+            raise ValueError(f"{where}: min_pixels {min_pixels} is more than the region's {area_px:.0f} pixels, so it could never move")
+    return RegionSpec(
+        name=name, points=tuple(points), is_rect=is_rect, area_px=area_px,
+        min_fraction=min_fraction, min_pixels=min_pixels, machine_id=machine_id, webhook=webhook,
+        pixel_threshold=pixel_threshold, blur=blur, dilate=dilate, running_fraction=running_fraction,
+        file_stem=file_stem(name),
+    )
+
+
+def _check_unique(specs: Iterable[RegionSpec]) -> None:
+    names: set[str] = set()
+    stems: dict[str, str] = {}
+    for spec in specs:
+        if spec.name in names:
+            raise ValueError(f"region {spec.name!r}: the name is used twice")
+        names.add(spec.name)
+        other = stems.get(spec.file_stem.lower())
+        if other is not None:
+            raise ValueError(f"region {spec.name!r}: its log file name would clash with region {other!r}; rename one")
+        stems[spec.file_stem.lower()] = spec.name
+
+
+def parse_regions(raw: Any, frame_size: tuple[int, int]) -> list[RegionSpec]:
+    """Validate `motion.regions` against a frame of `frame_size` (w, h); ValueError names the region and the problem."""
+    if not isinstance(raw, list):
+        raise ValueError("motion.regions must be a list of regions")
+    specs = [_parse_region(item, frame_size, i) for i, item in enumerate(raw)]
+    _check_unique(specs)
+    return specs
+
+
+def check_regions(raw: list) -> list:
+    """The frame-size-independent checks of `motion.regions`, for the config schema; returns the list unchanged."""
+    specs = [_parse_region(item, None, i) for i, item in enumerate(raw)]
+    _check_unique(specs)
+    return raw
+
+
+def parse_masks(raw: Any, frame_size: tuple[int, int] | None) -> list[list[tuple[float, float]]]:
+    """`motion.masks` as polygons in full-frame pixels (or just checked, without frame_size).
+
+    Each mask is a mapping with rect or polygon (and an optional name), or a bare
+    list: four numbers are a rect, a list of [x, y] points a polygon. Masks may
+    reach past the frame's edges; what lies outside is ignored.
+    """
+    if not isinstance(raw, list):
+        raise ValueError("motion.masks must be a list of rects or polygons")
+    out = []
+    for i, item in enumerate(raw):
+        where = f"mask #{i + 1}"
+        if isinstance(item, dict):
+            extra = set(item) - {"name", "rect", "polygon"}
+            if extra:
+                raise ValueError(f"{where}: unknown key {sorted(extra)[0]!r} (masks have rect or polygon, and a name)")
+            if item.get("name") is not None:
+                where = f"mask {item['name']!r}"
+        _, points, fractional = _shape(item, where)
+        out.append(_to_pixels(points, fractional, frame_size) if frame_size is not None else points)
+    return out
+
+
+def check_masks(raw: list) -> list:
+    """The frame-size-independent checks of `motion.masks`, for the config schema."""
+    parse_masks(raw, None)
+    return raw
+
+
+# --- compiled geometry (built off the hot path, immutable) ------------------------------------
+
+
+class _Geometry:
+    """Where and how one region is measured: the source, the crop, the mask."""
+
+    def __init__(self, spec: RegionSpec, masks: list[list[tuple[float, float]]],
+                 frame_size: tuple[int, int], ring_size: tuple[int, int]) -> None:
+        self.spec = spec
+        fw, fh = frame_size
+        rw, rh = ring_size
+        sx, sy = rw / fw, rh / fh
+        x0f, y0f, x1f, y1f = spec.bbox
+        rx0, ry0 = _clamp(round(x0f * sx), 0, rw - 1), _clamp(round(y0f * sy), 0, rh - 1)
+        rx1, ry1 = _clamp(max(round(x1f * sx), rx0 + 1), 1, rw), _clamp(max(round(y1f * sy), ry0 + 1), 1, rh)
+        self.ring_box = (rx0, ry0, rx1, ry1)
+        small = (rx1 - rx0 < SMALL_REGION_PX or ry1 - ry0 < SMALL_REGION_PX) and (sx < 1 or sy < 1)
+        if small:
+            # Too few ring pixels to see a small part move: measure a crop of the full frame instead.
+            self.source = "full"
+            x0, y0 = _clamp(math.floor(x0f), 0, fw - 1), _clamp(math.floor(y0f), 0, fh - 1)
+            x1, y1 = _clamp(max(math.ceil(x1f), x0 + 1), 1, fw), _clamp(max(math.ceil(y1f), y0 + 1), 1, fh)
+            scale_x = scale_y = 1.0
+            self.pixel_scale = 1.0
+        else:
+            self.source = "ring"
+            x0, y0, x1, y1 = rx0, ry0, rx1, ry1
+            scale_x, scale_y = sx, sy
+            self.pixel_scale = (fw / rw) * (fh / rh)  # full-frame pixels per measured pixel
+        self.box = (x0, y0, x1, y1)
+        self.width, self.height = x1 - x0, y1 - y0
+        mask = np.full((self.height, self.width), 255, np.uint8)
+        full_box = True
+        if not spec.is_rect:
+            mask[:] = 0
+            cv2.fillPoly(mask, [_fixed_points(spec.points, scale_x, scale_y, x0, y0)], 255, lineType=cv2.LINE_8, shift=_SHIFT)
+            full_box = False
+        for poly in masks:
+            pts = _fixed_points(poly, scale_x, scale_y, x0, y0)
+            before = cv2.countNonZero(mask)
+            cv2.fillPoly(mask, [pts], 0, lineType=cv2.LINE_8, shift=_SHIFT)
+            if cv2.countNonZero(mask) != before:
+                full_box = False
+        self.area = cv2.countNonZero(mask)
+        if self.area == 0:
+            raise ValueError(f"region {spec.name!r}: nothing of it is left once the masks are cut out")
+        self.mask = None if full_box else mask  # None: every pixel of the crop counts (no masking work per frame)
+
+    def same_pixels(self, other: "_Geometry") -> bool:
+        if (self.source, self.box, self.ring_box) != (other.source, other.box, other.ring_box):
+            return False
+        if self.mask is None or other.mask is None:
+            return self.mask is None and other.mask is None
+        return bool(np.array_equal(self.mask, other.mask))
+
+    def describe(self) -> dict[str, Any]:
+        x0, y0, x1, y1 = self.spec.bbox
+        return {
+            "name": self.spec.name,
+            "bbox": [round(x0, 1), round(y0, 1), round(x1 - x0, 1), round(y1 - y0, 1)],
+            "area_px": round(self.spec.area_px),
+            "measured_on": self.source,
+            "measured_size": [self.width, self.height],
+            "measured_pixels": self.area,
+            "threshold": self.spec.threshold_text(),
+        }
+
+
+_SHIFT = 4  # fillPoly fixed-point bits: sub-pixel polygon corners
+
+
+def _fixed_points(points: Iterable[tuple[float, float]], sx: float, sy: float, x0: int, y0: int) -> np.ndarray:
+    scale = 1 << _SHIFT
+    return np.array([[round((x * sx - x0) * scale), round((y * sy - y0) * scale)] for x, y in points], np.int32)
+
+
+def _clamp(v: int, lo: int, hi: int) -> int:
+    return max(lo, min(hi, int(v)))
+
+
+# --- per-region state on the capture thread ---------------------------------------------------
+
+
+class _Window:
+    """Moving/judged frame counts over the last window_s seconds, in at most ~64 time buckets."""
+
+    __slots__ = ("buckets", "frames", "moving", "fill_start")
+
+    def __init__(self) -> None:
+        self.buckets: collections.deque[list[float]] = collections.deque()  # [start_mono, frames, moving]
+        self.frames = 0
+        self.moving = 0
+        self.fill_start: float | None = None  # first judged frame since the window was last empty
+
+    def expire(self, mono: float, window_s: float) -> None:
+        cutoff = mono - window_s
+        buckets = self.buckets
+        while buckets and buckets[0][0] < cutoff:
+            _, n, m = buckets.popleft()
+            self.frames -= int(n)
+            self.moving -= int(m)
+        if not buckets:
+            self.frames = self.moving = 0
+            self.fill_start = None
+
+    def add(self, mono: float, moving: bool, window_s: float) -> None:
+        self.expire(mono, window_s)
+        buckets = self.buckets
+        if buckets and 0 <= mono - buckets[-1][0] < window_s / _WINDOW_BUCKETS:
+            last = buckets[-1]
+            last[1] += 1
+            last[2] += moving
+        else:
+            buckets.append([mono, 1, int(moving)])
+        self.frames += 1
+        self.moving += int(moving)
+        if self.fill_start is None:
+            self.fill_start = mono
+
+    def verdict(self, mono: float, window_s: float, running_fraction: float) -> bool | None:
+        """True RUNNING, False STOPPED, None while the window has not been judged for a whole window_s."""
+        if self.fill_start is None or self.frames == 0 or mono - self.fill_start < window_s - _EPS:
+            return None
+        return self.moving / self.frames > running_fraction
+
+    @property
+    def moving_share(self) -> float | None:
+        return None if self.frames == 0 else self.moving / self.frames
+
+
+class _Machine:
+    """The machine state of one region; kept across geometry changes of the region."""
+
+    __slots__ = ("state", "since", "stopped_since", "window")
+
+    def __init__(self) -> None:
+        self.state = UNKNOWN
+        self.since: float | None = None  # mono when the state began (first frame for UNKNOWN)
+        self.stopped_since: float | None = None  # mono when the region last stopped (kept through DEEP_SLEEP)
+        self.window = _Window()
+
+
+class _SharedGray:
+    """Grayscale (and blurred) copy of the part of the ring frame that the ring-measured regions cover.
+
+    Converting and blurring that box once per frame, instead of once per region,
+    keeps the per-region work down to the differencing itself.
+    """
+
+    def __init__(self, box: tuple[int, int, int, int]) -> None:
+        self.box = box
+        x0, y0, x1, y1 = box
+        self.gray = np.empty((y1 - y0, x1 - x0), np.uint8)
+        self._blurred: dict[int, np.ndarray] = {}
+        self._ready: set[int] = set()
+
+    def begin(self, ring_frame: np.ndarray) -> None:
+        x0, y0, x1, y1 = self.box
+        cv2.cvtColor(ring_frame[y0:y1, x0:x1], cv2.COLOR_BGR2GRAY, dst=self.gray)
+        self._ready.clear()
+
+    def get(self, blur: int) -> np.ndarray:
+        if blur <= 1:
+            return self.gray
+        out = self._blurred.get(blur)
+        if out is None:
+            out = self._blurred[blur] = np.empty_like(self.gray)
+        if blur not in self._ready:
+            cv2.GaussianBlur(self.gray, (blur, blur), 0, dst=out)
+            self._ready.add(blur)
+        return out
+
+
+def _plan_shared(geometries: Iterable[_Geometry]) -> _SharedGray | None:
+    """One shared grayscale box for the ring-measured regions when they lie close together, else None."""
+    boxes = [g.box for g in geometries if g.source == "ring"]
+    if not boxes:
+        return None
+    union = (min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes), max(b[3] for b in boxes))
+    union_area = (union[2] - union[0]) * (union[3] - union[1])
+    own_area = sum((b[2] - b[0]) * (b[3] - b[1]) for b in boxes)
+    # Regions far apart would make the box mostly pixels nobody looks at: then each converts its own crop.
+    return _SharedGray(union) if union_area <= 1.5 * own_area else None
+
+
+class _Region:
+    """Buffers, background and last measure of one region (owned by the capture thread)."""
+
+    def __init__(self, geometry: _Geometry, machine: _Machine) -> None:
+        self.geometry = geometry
+        self.spec = geometry.spec
+        self.machine = machine
+        h, w = geometry.height, geometry.width
+        self.gray = np.empty((h, w), np.uint8)
+        self.blurred = np.empty((h, w), np.uint8)
+        self.reference = np.empty((h, w), np.uint8)  # background (rounded) or previous frame
+        self.background = np.empty((h, w), np.float32)
+        self.diff = np.empty((h, w), np.uint8)
+        self.changed = np.empty((h, w), np.uint8)
+        self.dilated = np.empty((h, w), np.uint8)
+        self.upscaled = np.empty((h, w, 3), np.uint8) if geometry.source == "full" else None
+        self.shared_offset: tuple[int, int] | None = None  # where the crop lies in the shared gray box, if used
+        self.needs_baseline = True
+        self.baseline_key: tuple | None = None  # (blur, method, path) the background was built with
+        self.fraction = 0.0
+        self.pixels = 0
+        self.moving: bool | None = None
+        self.settling = False
+
+    def use_shared(self, shared: _SharedGray | None) -> None:
+        g = self.geometry
+        if shared is None or g.source != "ring":
+            self.shared_offset = None
+        else:
+            self.shared_offset = (g.box[0] - shared.box[0], g.box[1] - shared.box[1])
+
+    def current(self, ring_frame: np.ndarray, full_frame: np.ndarray | None, frame_size: tuple[int, int],
+                shared: _SharedGray | None, blur: int) -> tuple[np.ndarray, Any]:
+        """This frame's grayscale, blurred crop of the region, and which path made it."""
+        g = self.geometry
+        if self.shared_offset is not None and shared is not None:
+            ox, oy = self.shared_offset
+            # The box's size is part of the path: blurred borders differ when the box changes.
+            return shared.get(blur)[oy:oy + g.height, ox:ox + g.width], shared.box
+        x0, y0, x1, y1 = g.box
+        if g.source == "full":
+            if full_frame is not None and full_frame.shape[1] == frame_size[0] and full_frame.shape[0] == frame_size[1]:
+                crop = full_frame[y0:y1, x0:x1]
+                path = "full"
+            else:
+                # No full frame this time: stretch the ring crop to the same grid so the background stays valid.
+                rx0, ry0, rx1, ry1 = g.ring_box
+                cv2.resize(ring_frame[ry0:ry1, rx0:rx1], (g.width, g.height), dst=self.upscaled, interpolation=cv2.INTER_LINEAR)
+                crop = self.upscaled
+                path = "stretched"
+        else:
+            crop = ring_frame[y0:y1, x0:x1]
+            path = "ring"
+        cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY, dst=self.gray)
+        if blur <= 1:
+            return self.gray, path
+        cv2.GaussianBlur(self.gray, (blur, blur), 0, dst=self.blurred)
+        return self.blurred, path
+
+    def compare(self, current: np.ndarray, key: tuple, method: str, alpha: float, threshold: int, dilate: int) -> int | None:
+        """Changed pixels (of the measured crop) in this frame, or None when the background was (re)built instead."""
+        if self.needs_baseline or key != self.baseline_key:
+            self.background[:] = current
+            np.copyto(self.reference, current)
+            self.needs_baseline = False
+            self.baseline_key = key
+            return None
+        cv2.absdiff(current, self.reference, dst=self.diff)
+        if method == "background":
+            cv2.accumulateWeighted(current, self.background, alpha)
+            cv2.convertScaleAbs(self.background, dst=self.reference)
+        else:
+            np.copyto(self.reference, current)
+        mask = self.geometry.mask
+        if mask is not None:
+            # Before dilation, so motion in a masked area cannot spread into the region.
+            cv2.bitwise_and(self.diff, mask, dst=self.diff)
+        cv2.threshold(self.diff, threshold - 1, 255, cv2.THRESH_BINARY, dst=self.changed)
+        changed = cv2.countNonZero(self.changed)
+        if dilate <= 0 or changed == 0:
+            return changed  # nothing to dilate: the common case of a still scene
+        cv2.dilate(self.changed, None, dst=self.dilated, iterations=dilate)
+        if mask is not None:
+            cv2.bitwise_and(self.dilated, mask, dst=self.dilated)
+        return cv2.countNonZero(self.dilated)
+
+    def rebaseline(self) -> None:
+        self.needs_baseline = True
+
+
+def format_duration(seconds: float) -> str:
+    """723 -> '12m03s'; 45 -> '45s'; 10920 -> '3h02m'; 2 days -> '2d00h'."""
+    s = int(round(max(0.0, seconds)))
+    days, s = divmod(s, 86400)
+    hours, s = divmod(s, 3600)
+    minutes, s = divmod(s, 60)
+    if days:
+        return f"{days}d{hours:02d}h"
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    if minutes:
+        return f"{minutes}m{s:02d}s"
+    return f"{s}s"
+
+
+# --- the component ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Params:
+    """The motion settings as one value, refreshed on every `set motion.*` (so the hot path reads one attribute)."""
+
+    enabled: bool
+    method: str
+    alpha: float
+    blur: int
+    threshold: int
+    dilate: int
+    window_s: float
+    running_fraction: float
+    deep_sleep_s: float
+    brightness_jump: float
+    settle_s: float
+
+    @classmethod
+    def read(cls, cfg: "Section") -> "_Params":
+        return cls(
+            enabled=bool(cfg.enabled), method=str(cfg.method), alpha=float(cfg.background_alpha),
+            blur=int(cfg.blur), threshold=int(cfg.pixel_threshold), dilate=int(cfg.dilate),
+            window_s=float(cfg.window_s), running_fraction=float(cfg.running_fraction),
+            deep_sleep_s=float(cfg.deep_sleep_s), brightness_jump=float(cfg.brightness_jump), settle_s=float(cfg.settle_s),
+        )
+
+
+class Motion:
+    """Per-frame motion measure in the regions, machine states, events, logs and commands."""
+
+    def __init__(self, cfg: "Section", bus: EventBus, status: ComponentStatus,
+                 frame_size: tuple[int, int], ring_size: tuple[int, int], *,
+                 log_queue_size: int = 20000, log_retry_s: float = 5.0) -> None:
+        self._cfg = cfg
+        self._params = _Params.read(cfg)
+        self._bus = bus
+        self.status = status
+        self.frame_size = (int(frame_size[0]), int(frame_size[1]))
+        self.ring_size = (int(ring_size[0]), int(ring_size[1]))
+        self._ring_shape = (self.ring_size[1], self.ring_size[0], 3)
+        self._problem_lock = threading.Lock()
+        self._problems: dict[str, str] = {}
+        self._edit_lock = threading.Lock()  # region add/del: read-modify-write of motion.regions
+        self._compile_lock = threading.Lock()
+        # Geometry handover: (version, geometries, errors) built on whatever thread changed the config,
+        # installed by the capture thread on its next frame. One attribute swap, no lock on the hot path.
+        self._incoming: tuple[int, tuple[_Geometry, ...], tuple[str, ...]] = (0, (), ())
+        self._installed_version = -1
+        self._regions: tuple[_Region, ...] = ()
+        self._shared: _SharedGray | None = None
+        self._region_errors: tuple[str, ...] = ()
+        self._reset_requests: collections.deque[str] = collections.deque(maxlen=16)  # bounded while disabled
+        self._settle_until = -math.inf
+        self._settle_reason: str | None = None
+        self._settle_logged = False
+        self._last_night: bool | None = None
+        self._prev_dark: float | None = None
+        self._dark_baseline = 0.0
+        self._disabled = False
+        self._last_mono: float | None = None
+        self._last_frame_id: int | None = None
+        self.frames = 0
+        self.resets = 0
+        self.last_reset: dict[str, Any] | None = None
+        self.measure_errors = 0
+        self._measure_failing = False
+        self._last_error_text = ""
+        self._last_error_logged = -math.inf
+        self.log = MotionLog(
+            cfg.log_dir,
+            max_bytes=lambda: int(self._cfg.log_max_mb * 1024 * 1024),
+            keep=lambda: self._cfg.log_keep,
+            on_problem=lambda reason: self._set_problem("logs", reason),
+            queue_size=log_queue_size,
+            retry_s=log_retry_s,
+        )
+        self._prepare(cfg.regions, cfg.masks)
+        self._install_pending()
+        cfg.on_change(self._on_config)
+        bus.subscribe("night.", self._on_bus_event)
+        bus.subscribe("camera.recovered", self._on_bus_event)
+
+    # -- lifecycle
+    def start(self) -> None:
+        self.log.start()
+        names = ", ".join(r.spec.name for r in self._regions) or "none"
+        log.info("motion: watching regions %s; logs in %s", names, self.log.dir)
+
+    def stop(self) -> None:
+        self.log.stop()
+
+    # -- configuration changes
+    def _on_config(self, name: str, _value: Any) -> None:
+        self._params = _Params.read(self._cfg)
+        if name in ("motion.regions", "motion.masks"):
+            self._prepare(self._cfg.regions, self._cfg.masks)
+
+    def _prepare(self, raw_regions: Any, raw_masks: Any) -> None:
+        """Validate and compile the regions (on the thread that changed the config) for the capture thread to install."""
+        errors: list[str] = []
+        try:
+            masks = parse_masks(raw_masks, self.frame_size)
+        except ValueError as exc:
+            errors.append(str(exc) + " (masks ignored)")
+            masks = []
+        geometries: list[_Geometry] = []
+        specs: list[RegionSpec] = []
+        for i, item in enumerate(raw_regions if isinstance(raw_regions, list) else []):
+            try:
+                spec = _parse_region(item, self.frame_size, i)
+                _check_unique([*specs, spec])
+                geometries.append(_Geometry(spec, masks, self.frame_size, self.ring_size))
+                specs.append(spec)
+            except ValueError as exc:
+                errors.append(f"{exc} (region skipped)")
+        for err in errors:
+            log.error("motion: %s", err)
+        with self._compile_lock:
+            version = self._incoming[0] + 1
+            self._incoming = (version, tuple(geometries), tuple(errors))
+
+    def _install_pending(self) -> None:
+        version, geometries, errors = self._incoming
+        if version == self._installed_version:
+            return
+        old = {r.spec.name: r for r in self._regions}
+        installed = []
+        for g in geometries:
+            prev = old.pop(g.spec.name, None)
+            if prev is not None and prev.geometry.same_pixels(g):
+                prev.geometry, prev.spec = g, g.spec  # thresholds or ids may have changed; buffers stay valid
+                installed.append(prev)
+            else:
+                installed.append(_Region(g, prev.machine if prev is not None else _Machine()))
+        for gone in old.values():
+            self.log.close_file(gone.spec.file_stem)
+        shared = _plan_shared(geometries)
+        for region in installed:
+            region.use_shared(shared)
+        self._shared = shared
+        self._regions = tuple(installed)
+        self._region_errors = errors
+        self._installed_version = version
+        if self._last_mono is not None:  # not on the first install, start() says it
+            log.info("motion: regions now %s", ", ".join(r.spec.name for r in installed) or "none")
+        self._set_problem("regions", "; ".join(errors) if errors else None)
+
+    # -- resets
+    def reset(self, reason: str) -> None:
+        """Re-baseline the background and suppress judgement for settle_s, from the next frame on."""
+        self._reset_requests.append(str(reason))
+
+    def _on_bus_event(self, event: Event) -> None:
+        if event.kind in ("night.enter", "night.exit", "camera.recovered"):
+            self.reset(event.kind)
+
+    def _begin_settle(self, reason: str, mono: float) -> None:
+        settle_s = self._params.settle_s
+        already = mono < self._settle_until
+        self._settle_until = max(self._settle_until, mono + settle_s)
+        self.resets += 1
+        self.last_reset = {"reason": reason, "ts": round(time.time(), 3)}
+        for region in self._regions:
+            region.rebaseline()
+        if already:
+            log.debug("motion: background reset again (%s) while settling", reason)
+        else:
+            self._settle_reason = reason
+            self._settle_logged = True
+            log.info("motion: background reset (%s); not judging motion for %.1f s", reason, settle_s)
+
+    # -- the per-frame work (capture thread)
+    def process(self, ring_frame: np.ndarray, meta: FrameMeta, full_frame: np.ndarray | None = None) -> None:
+        """Measure every region on this frame and update the machine states. Never raises, never does I/O."""
+        try:
+            self._process(ring_frame, meta, full_frame)
+        except Exception as exc:
+            self._measure_failed(exc)
+        else:
+            if self._measure_failing:
+                self._measure_failing = False
+                self._set_problem("measure", None)
+
+    def _process(self, ring_frame: np.ndarray, meta: FrameMeta, full_frame: np.ndarray | None) -> None:
+        p = self._params
+        if not p.enabled:
+            self._disabled = True
+            return
+        if ring_frame.shape != self._ring_shape or ring_frame.dtype != np.uint8:
+            raise ValueError(f"ring frame is {ring_frame.shape} {ring_frame.dtype}, expected {self._ring_shape} uint8")
+        self._install_pending()
+        mono = float(meta.mono)
+        if self._last_mono is not None and mono < self._last_mono:
+            raise ValueError(f"frame {meta.frame_id} is older than the previous one (mono {mono:.3f} < {self._last_mono:.3f})")
+        if self._disabled:
+            self._disabled = False
+            for region in self._regions:
+                region.rebaseline()  # the background is stale after a pause
+        self._last_mono = mono
+        self._last_frame_id = meta.frame_id
+        self.frames += 1
+
+        while self._reset_requests:
+            self._begin_settle(self._reset_requests.popleft(), mono)
+        night = bool(meta.night)
+        if self._last_night is not None and night != self._last_night:
+            self._begin_settle("night mode " + ("on" if night else "off"), mono)
+        self._last_night = night
+        dark = float(meta.dark_score)
+        if self._prev_dark is None:
+            self._dark_baseline = dark
+        elif abs(dark - self._prev_dark) > p.brightness_jump or abs(dark - self._dark_baseline) > p.brightness_jump:
+            # Compared with the slow average too, so an exposure that creeps in steps is caught as well.
+            self._begin_settle(f"brightness jump {self._dark_baseline:.1f} -> {dark:.1f}", mono)
+            self._dark_baseline = dark
+        else:
+            self._dark_baseline += p.alpha * (dark - self._dark_baseline)
+        self._prev_dark = dark
+        settling = mono < self._settle_until
+        if not settling and self._settle_logged:
+            self._settle_logged = False
+            log.info("motion: settled after %s; judging motion again", self._settle_reason)
+
+        regions = self._regions
+        if not regions:
+            meta.extra.pop("motion", None)
+            return
+        shared = self._shared
+        if shared is not None:
+            shared.begin(ring_frame)
+        parts = []
+        frame_log = self.log.frame
+        for region in regions:
+            spec = region.spec
+            if settling:
+                region.rebaseline()
+            blur = p.blur if spec.blur is None else spec.blur
+            blur = 0 if blur <= 1 else blur | 1  # an even kernel is taken as the next odd one
+            current, path = region.current(ring_frame, full_frame, self.frame_size, shared, blur)
+            changed = region.compare(
+                current, (blur, p.method, path), p.method, p.alpha,
+                p.threshold if spec.pixel_threshold is None else spec.pixel_threshold,
+                p.dilate if spec.dilate is None else spec.dilate,
+            )
+            if changed is None:
+                region.fraction, region.pixels, region.moving = 0.0, 0, None
+            else:
+                region.fraction = changed / region.geometry.area
+                region.pixels = round(changed * region.geometry.pixel_scale)
+                if spec.min_pixels is not None:
+                    region.moving = region.pixels >= spec.min_pixels
+                else:
+                    region.moving = region.fraction >= spec.min_fraction
+            region.settling = settling
+            self._judge(region, meta, mono, p.window_s, p.running_fraction if spec.running_fraction is None else spec.running_fraction, p.deep_sleep_s)
+            state = region.machine.state
+            parts.append(f"{spec.name}={region.fraction:.4f}:{SETTLING if settling else state}")
+            frame_log(spec.file_stem, (meta.ts, meta.frame_id, spec.name, region.fraction, region.pixels, region.moving, state, settling))
+        meta.extra["motion"] = ";".join(parts)
+        if settling:
+            meta.extra["motion_settling"] = True
+
+    def _judge(self, region: _Region, meta: FrameMeta, mono: float, window_s: float, running_fraction: float, deep_sleep_s: float) -> None:
+        machine = region.machine
+        if machine.since is None:
+            machine.since = mono
+        window = machine.window
+        if region.moving is None:
+            window.expire(mono, window_s)
+        else:
+            window.add(mono, region.moving, window_s)
+        verdict = window.verdict(mono, window_s, running_fraction)
+        if verdict is True and machine.state != RUNNING:
+            self._change(region, RUNNING, meta, mono)
+        elif verdict is False and machine.state in (RUNNING, UNKNOWN):
+            self._change(region, STOPPED, meta, mono)
+        if machine.state == STOPPED and machine.stopped_since is not None and mono - machine.stopped_since >= deep_sleep_s:
+            self._change(region, DEEP_SLEEP, meta, mono)
+
+    def _change(self, region: _Region, new: str, meta: FrameMeta, mono: float) -> None:
+        machine, spec = region.machine, region.spec
+        old = machine.state
+        duration = mono - (machine.since if machine.since is not None else mono)
+        idle = None
+        if old in (STOPPED, DEEP_SLEEP) and machine.stopped_since is not None:
+            idle = mono - machine.stopped_since
+        machine.state = new
+        machine.since = mono
+        if new == STOPPED:
+            machine.stopped_since = mono
+        elif new == RUNNING:
+            machine.stopped_since = None
+        data: dict[str, Any] = {
+            "region": spec.name,
+            "machine_id": spec.machine_id,
+            "old": old,
+            "new": new,
+            "ts": round(meta.ts, 3),
+            "frame_id": meta.frame_id,
+            "duration_s": round(duration, 3),
+            "idle_s": None if idle is None else round(idle, 3),
+            "window_moving": None if machine.window.moving_share is None else round(machine.window.moving_share, 3),
+        }
+        if spec.webhook:
+            data["webhook"] = spec.webhook
+        who = spec.name if spec.machine_id is None else f"{spec.name} (machine {spec.machine_id})"
+        if old == UNKNOWN:
+            share = machine.window.moving_share or 0.0
+            log.info("%s: %s (first full window: %.0f%% of frames moving)", who, new, share * 100)
+        elif new == DEEP_SLEEP:
+            log.info("%s: STOPPED -> DEEP_SLEEP after %s stopped", who, format_duration(duration))
+        elif old == DEEP_SLEEP:
+            log.info("%s: DEEP_SLEEP -> RUNNING, woke after %s idle", who, format_duration(idle or 0.0))
+        elif new == RUNNING:
+            log.info("%s: %s -> RUNNING after %s idle", who, old, format_duration(idle if idle is not None else duration))
+        else:
+            log.info("%s: %s -> %s after %s %s", who, old, new, format_duration(duration), old.lower())
+        if new == DEEP_SLEEP:
+            self._publish("motion.deep_sleep", data, DEEP_SLEEP_LOG)
+            return
+        self._publish("motion.state", data, STATE_LOG)
+        if old == DEEP_SLEEP:
+            self._publish("motion.wake", data, DEEP_SLEEP_LOG)
+
+    def _publish(self, kind: str, data: dict[str, Any], log_file: str) -> None:
+        self.log.event(log_file, {"event": kind, **data})
+        self._bus.publish(kind, **data)
+
+    # -- errors and health
+    def _measure_failed(self, exc: Exception) -> None:
+        self.measure_errors += 1
+        text = f"measuring motion failed: {type(exc).__name__}: {exc}"
+        now = time.monotonic()
+        # The same failure on every frame would flood the journal: say it once a minute.
+        if text != self._last_error_text or now - self._last_error_logged >= 60:
+            self._last_error_text, self._last_error_logged = text, now
+            self.status.error("measuring motion failed", exc)
+        self._measure_failing = True
+        self._set_problem("measure", text)
+
+    def _set_problem(self, key: str, reason: str | None) -> None:
+        with self._problem_lock:
+            if reason is None:
+                if self._problems.pop(key, None) is None:
+                    return
+            else:
+                if self._problems.get(key) == reason:
+                    return
+                self._problems[key] = reason
+            summary = "; ".join(self._problems[k] for k in sorted(self._problems))
+            if summary:
+                self.status.degrade(summary)
+            else:
+                self.status.recover()
+
+    def region_status(self, region: _Region) -> dict[str, Any]:
+        machine, spec = region.machine, region.spec
+        now = self._last_mono
+        in_state = None if now is None or machine.since is None else round(now - machine.since, 3)
+        idle = None
+        if machine.state in (STOPPED, DEEP_SLEEP) and machine.stopped_since is not None and now is not None:
+            idle = round(now - machine.stopped_since, 3)
+        share = machine.window.moving_share
+        out = {
+            "name": spec.name,
+            "machine_id": spec.machine_id,
+            "state": machine.state,
+            "fraction": round(region.fraction, 4),
+            "pixels": region.pixels,
+            "moving": region.moving,
+            "settling": region.settling,
+            "in_state_s": in_state,
+            "idle_s": idle,
+            "window_moving": None if share is None else round(share, 3),
+            "window_frames": machine.window.frames,
+            "threshold": spec.threshold_text(),
+        }
+        return out
+
+    def health(self) -> dict[str, Any]:
+        """Figures as of the last frame measured (times count by frame timestamps)."""
+        regions = self._regions
+        return {
+            "enabled": bool(self._cfg.enabled),
+            "frames": self.frames,
+            "last_frame_id": self._last_frame_id,
+            "settling": self._last_mono is not None and self._last_mono < self._settle_until,
+            "resets": self.resets,
+            "last_reset": self.last_reset,
+            "measure_errors": self.measure_errors,
+            "regions": {r.spec.name: self.region_status(r) for r in regions},
+            "region_errors": list(self._region_errors),
+            "log": self.log.stats(),
+        }
+
+    # -- commands
+    def register_commands(self, registry: Registry) -> None:
+        registry.register(Command(
+            "motion", self._cmd_motion, "Machine state, changed fraction and time in state of every region, or of one",
+            usage="[REGION]", max_args=1, raw_tail=True,
+        ))
+        registry.register(Command("regions", self._cmd_regions, "The configured motion regions and masks, and how each is measured"))
+        registry.register(Command(
+            "region", self._cmd_region,
+            "Add a rectangular motion region (pixels of the full frame, or fractions 0..1; MIN: fraction of the "
+            "region <= 1 or changed pixels > 1) or delete one; applies from the next frame",
+            usage="add NAME X Y W H [MIN] | del NAME", mutating=True, min_args=2, max_args=7,
+        ))
+
+    def _cmd_motion(self, args: list[str], session: Session) -> Reply:
+        regions = self._regions
+        if args:
+            name = args[0].strip()
+            for region in regions:
+                if region.spec.name == name:
+                    st = self.region_status(region)
+                    return Reply(True, f"{name} {SETTLING if st['settling'] else st['state']}", body=st)
+            if any(g.spec.name == name for g in self._incoming[1]):
+                # Just added: the capture loop takes it on with its next frame.
+                return Reply(True, f"{name} PENDING", body={"name": name, "state": "PENDING"})
+            known = ", ".join(r.spec.name for r in regions) or "none configured"
+            return Reply.error(f"unknown region {name[:64]!r} (known: {known})")
+        body = {
+            "enabled": bool(self._cfg.enabled),
+            "settling": self._last_mono is not None and self._last_mono < self._settle_until,
+            "regions": [self.region_status(r) for r in regions],
+        }
+        if not regions:
+            return Reply(True, "no regions configured (region add NAME X Y W H)", body=body)
+        summary = ", ".join(f"{r.spec.name} {r.machine.state}" for r in regions)
+        return Reply(True, summary, body=body)
+
+    def _cmd_regions(self, args: list[str], session: Session) -> Reply:
+        regions = self._regions
+        body = {
+            "frame_size": list(self.frame_size),
+            "ring_size": list(self.ring_size),
+            "regions": self._cfg.regions,
+            "masks": self._cfg.masks,
+            "active": [r.geometry.describe() for r in regions],
+            "errors": list(self._region_errors),
+        }
+        return Reply(True, f"{len(regions)} regions active" + (f", {len(self._region_errors)} refused" if self._region_errors else ""), body=body)
+
+    def _cmd_region(self, args: list[str], session: Session) -> Reply:
+        action = args[0].lower()
+        if action == "add":
+            return self._region_add(args[1:])
+        if action in ("del", "delete", "rm", "remove"):
+            return self._region_del(" ".join(args[1:]))
+        return Reply.error("usage: region add NAME X Y W H [MIN] | region del NAME")
+
+    def _region_add(self, args: list[str]) -> Reply:
+        if len(args) not in (5, 6):
+            return Reply.error("usage: region add NAME X Y W H [MIN]")
+        name = args[0]
+        numbers: list[float] = []
+        for label, text in zip(("X", "Y", "W", "H", "MIN"), args[1:]):
+            try:
+                v = float(text)
+            except ValueError:
+                return Reply.error(f"{label} must be a number, not {text[:32]!r}")
+            if not math.isfinite(v):
+                return Reply.error(f"{label} must be a finite number, not {text[:32]!r}")
+            numbers.append(v)
+        rect: list[float | int] = list(numbers[:4])
+        if max(rect) > 1 and all(v.is_integer() for v in numbers[:4]):
+            rect = [int(v) for v in rect]  # pixels: keep the config tidy
+        entry: dict[str, Any] = {"name": name, "rect": rect}
+        if len(numbers) == 5:
+            limit = numbers[4]
+            if limit <= 0:
+                return Reply.error(f"MIN must be above 0, not {args[5][:32]!r}")
+            if limit <= 1:
+                entry["min_fraction"] = float(limit)
+            elif float(limit).is_integer():
+                entry["min_pixels"] = int(limit)
+            else:
+                return Reply.error(f"MIN above 1 counts changed pixels and must be a whole number, not {args[5][:32]!r}")
+        with self._edit_lock:
+            current = list(self._cfg.regions)
+            if any(isinstance(r, dict) and r.get("name") == name for r in current):
+                return Reply.error(f"region {name!r} exists already (region del {name} first)")
+            try:
+                spec = _parse_region(entry, self.frame_size, len(current))
+                others = []
+                for i, r in enumerate(current):
+                    try:
+                        others.append(_parse_region(r, self.frame_size, i))
+                    except ValueError:
+                        continue  # an already refused region is reported in `regions`; it does not block this one
+                _check_unique([*others, spec])
+                masks = parse_masks(self._cfg.masks, self.frame_size)
+                geometry = _Geometry(spec, masks, self.frame_size, self.ring_size)
+            except ValueError as exc:
+                return Reply.error(str(exc))
+            try:
+                self._cfg.config.set("motion.regions", current + [entry])
+            except ValueError as exc:
+                return Reply.error(str(exc))
+        log.info("motion: region %s added by command: %s", name, entry)
+        return Reply(
+            True, f"region {name} added, measured on the {geometry.source} frame; applies from the next frame "
+                  "(overwrite_config keeps it)",
+            body={"region": entry, "measured": geometry.describe()},
+        )
+
+    def _region_del(self, name: str) -> Reply:
+        if not name:
+            return Reply.error("usage: region del NAME")
+        with self._edit_lock:
+            current = list(self._cfg.regions)
+            kept = [r for r in current if not (isinstance(r, dict) and r.get("name") == name)]
+            if len(kept) == len(current):
+                known = ", ".join(str(r.get("name")) for r in current if isinstance(r, dict)) or "none configured"
+                return Reply.error(f"unknown region {name[:64]!r} (known: {known})")
+            try:
+                self._cfg.config.set("motion.regions", kept)
+            except ValueError as exc:
+                return Reply.error(str(exc))
+        log.info("motion: region %s deleted by command", name)
+        return Reply(True, f"region {name} deleted; applies from the next frame (overwrite_config keeps it)")

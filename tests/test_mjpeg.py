@@ -1,0 +1,718 @@
+"""JpegFeed and MjpegServer through their real interfaces: HTTP on loopback, OpenCV decoding, the command registry."""
+from __future__ import annotations
+
+import http.client
+import json
+import re
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from daemon.commands import Registry
+from daemon.config import Config
+from daemon.mjpeg import JpegFeed, MjpegServer
+from daemon.ring import FrameMeta, LatestSlot, Ring
+from daemon.status import ComponentStatus
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.timeout(90)
+
+W, H = 640, 480
+RING_W, RING_H = 160, 120
+NOTE = "line one\r\nInjected: yes"
+
+
+def wait_for(predicate, timeout=15.0, interval=0.02):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    return predicate()
+
+
+class Feeder:
+    """Stands in for the capture loop: commits a moving square over a fixed texture at about 20 fps."""
+
+    def __init__(self, ring: Ring, latest: LatestSlot, fps: float = 20.0) -> None:
+        self.ring, self.latest, self.interval = ring, latest, 1.0 / fps
+        rng = np.random.default_rng(7)
+        self.background = rng.integers(40, 120, size=(H, W, 3), dtype=np.uint8)  # texture: realistic JPEG sizes
+        self.metas: dict[int, FrameMeta] = {}
+        self.next_id = 100
+        self.running = threading.Event()
+        self.running.set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="test-feeder", daemon=True)
+
+    def start(self) -> "Feeder":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def frame(self, i: int) -> np.ndarray:
+        f = self.background.copy()
+        x = (i * 12) % (W - 80)
+        f[200:280, x:x + 80] = (255, 255, 255)
+        return f
+
+    def commit(self, frame: np.ndarray, fid: int) -> FrameMeta:
+        meta = FrameMeta(
+            frame_id=fid, ts=time.time(), mono=time.monotonic(), dark_score=80.0 + fid % 7, night=fid % 2 == 1,
+            exposure_us=20000 + fid, gain=2.5,
+            extra={"motion": {"machine": {"fraction": round((fid % 10) / 10, 2), "state": "RUNNING"}}, "note": NOTE},
+        )
+        slot = self.ring.next_slot()
+        cv2.resize(frame, (RING_W, RING_H), dst=slot, interpolation=cv2.INTER_AREA)
+        self.metas[fid] = meta
+        self.ring.commit(meta)
+        self.latest.put(frame, meta)
+        return meta
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            if self.running.is_set():
+                fid = self.next_id
+                self.next_id += 1
+                self.commit(self.frame(fid), fid)
+            self._stop.wait(self.interval)
+
+
+class Rig:
+    def __init__(self, values: dict | None = None, feed_frames: bool = True, send_timeout_s: float = 10.0, health=None) -> None:
+        self.config = Config({"mjpeg.bind": "127.0.0.1", "mjpeg.port": 0, **(values or {})})
+        self.cfg = self.config.section("mjpeg")
+        self.ring = Ring(32, RING_H, RING_W)
+        self.latest = LatestSlot()
+        self.feeder = Feeder(self.ring, self.latest)
+        self.feed_frames = feed_frames
+        self.allow = ["127.0.0.0/8"]
+        self.feed_status = ComponentStatus("encoder")
+        self.status = ComponentStatus("mjpeg")
+        self.feed = JpegFeed(self.cfg, self.ring, self.latest, self.feed_status)
+        self.server = MjpegServer(self.cfg, lambda: self.allow, self.feed, health or self.health, self.status, send_timeout_s=send_timeout_s)
+
+    def health(self) -> dict:
+        return {"encoder": self.feed.health(), "mjpeg": self.server.health()}
+
+    def start(self) -> "Rig":
+        if self.feed_frames:
+            self.feeder.start()
+            assert wait_for(lambda: self.ring.newest_id >= 102)
+        self.feed.start()
+        self.server.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.stop()
+        self.feed.stop()
+        if self.feed_frames:
+            self.feeder.stop()
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+
+@pytest.fixture
+def rig():
+    r = Rig().start()
+    yield r
+    r.stop()
+
+
+def request(port: int, path: str, method: str = "GET", timeout: float = 10.0):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request(method, path)
+        resp = conn.getresponse()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+    finally:
+        conn.close()
+
+
+def read_head(fp) -> tuple[str, dict[str, str]]:
+    status = fp.readline().decode("latin-1").rstrip("\r\n")
+    headers = {}
+    while True:
+        line = fp.readline()
+        if line in (b"\r\n", b""):
+            return status, headers
+        name, _, value = line.decode("latin-1").rstrip("\r\n").partition(":")
+        headers[name.strip()] = value.strip()
+
+
+class Viewer:
+    """A strict MJPEG reader on a raw socket: checks the wire format part by part."""
+
+    def __init__(self, port: int, path: str = "/stream", rcvbuf: int | None = None, timeout: float = 15.0, read_head_now: bool = True) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if rcvbuf:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self.sock.settimeout(timeout)
+        self.sock.connect(("127.0.0.1", port))
+        self.sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: test\r\n\r\n".encode())
+        self.fp = self.sock.makefile("rb")
+        self.status = self.headers = None
+        if read_head_now:
+            self.status, self.headers = read_head(self.fp)
+
+    def part(self) -> tuple[dict[str, str], bytes]:
+        line = self.fp.readline()
+        if not line:
+            raise EOFError("stream ended")
+        assert line == b"--frame\r\n", line[:80]
+        headers: dict[str, str] = {}
+        while True:
+            h = self.fp.readline()
+            assert h.endswith(b"\r\n"), h[:80]
+            if h == b"\r\n":
+                break
+            name, sep, value = h.decode("ascii").rstrip("\r\n").partition(": ")
+            assert sep and name not in headers, h
+            headers[name] = value
+        body = self.fp.read(int(headers["Content-Length"]))
+        assert self.fp.read(2) == b"\r\n"
+        return headers, body
+
+    def close(self) -> None:
+        for closable in (self.fp, self.sock):
+            try:
+                closable.close()
+            except OSError:
+                pass
+
+
+def decode(jpeg: bytes) -> np.ndarray:
+    img = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+    assert img is not None, "not a decodable JPEG"
+    return img
+
+
+def drained_to_eof(sock: socket.socket, timeout: float = 15.0) -> bool:
+    """Read and discard until the server closes the connection."""
+    sock.settimeout(timeout)
+    try:
+        while sock.recv(1 << 16):
+            pass
+    except (ConnectionResetError, BrokenPipeError):
+        pass
+    return True
+
+
+# --- the stream --------------------------------------------------------------------------------------
+
+def test_stream_parts_decode_and_carry_the_metadata(rig):
+    v = Viewer(rig.port)
+    try:
+        assert v.status.startswith("HTTP/1.0 200")
+        assert v.headers["Content-Type"] == "multipart/x-mixed-replace; boundary=frame"
+        ids = []
+        for _ in range(6):
+            headers, jpeg = v.part()
+            assert headers["Content-Type"] == "image/jpeg"
+            assert int(headers["Content-Length"]) == len(jpeg)
+            assert decode(jpeg).shape == (H, W, 3)
+            fid = int(headers["X-Frame-Id"])
+            meta = rig.feeder.metas[fid]
+            assert float(headers["X-Timestamp"]) == pytest.approx(meta.ts, abs=1e-5)
+            assert float(headers["X-Dark-Score"]) == pytest.approx(meta.dark_score, abs=1e-3)
+            assert headers["X-Night"] == ("1" if meta.night else "0")
+            assert int(headers["X-Exposure-Us"]) == meta.exposure_us
+            assert float(headers["X-Gain"]) == pytest.approx(2.5)
+            assert json.loads(headers["X-Motion"]) == meta.extra["motion"]
+            # CR/LF in an extra value cannot inject a header of its own
+            assert headers["X-Note"] == "line one  Injected: yes"
+            assert "Injected" not in headers
+            ids.append(fid)
+        assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    finally:
+        v.close()
+
+
+def test_opencv_videocapture_reads_the_stream(rig):
+    cap = cv2.VideoCapture(rig.url("/stream"), cv2.CAP_FFMPEG)
+    try:
+        assert cap.isOpened()
+        frames = []
+        for _ in range(4):
+            ok, frame = cap.read()
+            assert ok
+            frames.append(frame)
+        assert all(f.shape == (H, W, 3) for f in frames)
+        assert np.abs(frames[0].astype(int) - frames[-1].astype(int)).max() > 100  # the square moved
+    finally:
+        cap.release()
+
+
+def test_four_viewers_share_one_encode_per_frame(rig):
+    rig.config.set("mjpeg.max_fps", 60)  # above the camera rate, so viewers skip no frame
+    assert wait_for(lambda: rig.feed.watchers == 0)
+    before = rig.feed.encodes
+    seen: list[list[int]] = [[] for _ in range(4)]
+    errors = []
+
+    def watch(k: int) -> None:
+        v = Viewer(rig.port)
+        try:
+            for _ in range(25):
+                headers, jpeg = v.part()
+                decode(jpeg)
+                seen[k].append(int(headers["X-Frame-Id"]))
+        except Exception as exc:  # reported below, with the viewer number
+            errors.append((k, exc))
+        finally:
+            v.close()
+
+    threads = [threading.Thread(target=watch, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    assert wait_for(lambda: rig.feed.watchers == 0)
+    encodes = rig.feed.encodes - before
+    distinct = set().union(*map(set, seen))
+    assert all(len(s) == 25 for s in seen)
+    # One encode per frame for everybody: every frame sent was encoded once, and at most a few
+    # frames were encoded while a viewer was connecting or leaving; per-viewer encoding would be ~4x.
+    assert len(distinct) <= encodes <= len(distinct) + 5, (encodes, len(distinct))
+    assert encodes <= max(distinct) - min(distinct) + 1 + 5
+    assert rig.server.health()["frames_sent"] >= 100
+
+
+def test_fps_caps_a_viewer_and_max_fps_is_the_live_ceiling(rig):
+    rig.config.set("mjpeg.max_fps", 3)
+    counts: dict[str, tuple[int, float]] = {}
+
+    def watch(name: str, path: str) -> None:
+        v = Viewer(rig.port, path)
+        try:
+            start = time.monotonic()
+            n = 0
+            while time.monotonic() - start < 3.0:
+                v.part()
+                n += 1
+            counts[name] = (n, time.monotonic() - start)
+        finally:
+            v.close()
+
+    threads = [threading.Thread(target=watch, args=a) for a in (("two", "/stream?fps=2"), ("asks_100", "/stream?fps=100"), ("default", "/stream"))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert set(counts) == {"two", "asks_100", "default"}
+    n, took = counts["two"]
+    assert 1 <= n <= 2 * took + 2, counts
+    for name in ("asks_100", "default"):
+        n, took = counts[name]
+        assert 1 <= n <= 3 * took + 2, counts  # 20 fps arrive; the ceiling is 3
+
+
+@pytest.mark.parametrize("fps", ["abc", "0", "-2", "nan", "inf", ""])
+def test_bad_fps_is_refused_and_starts_no_viewer(rig, fps):
+    status, headers, body = request(rig.port, f"/stream?fps={fps}")
+    assert status == 400 and b"fps" in body
+    assert rig.server.health()["viewers"] == 0 and rig.feed.watchers == 0
+
+
+def test_stalled_viewer_does_not_stop_the_others_and_is_dropped():
+    rig = Rig(send_timeout_s=1.0).start()
+    stalled = Viewer(rig.port, rcvbuf=4096, read_head_now=False)  # sends its request, then never reads
+    try:
+        assert wait_for(lambda: rig.server.health()["viewers"] == 1)
+        v = Viewer(rig.port)
+        try:
+            ids = [int(v.part()[0]["X-Frame-Id"]) for _ in range(30)]
+            assert ids == sorted(ids) and len(set(ids)) == 30
+        finally:
+            v.close()
+        assert wait_for(lambda: rig.server.health()["dropped_for_slow_clients"] == 1, timeout=30)
+        assert drained_to_eof(stalled.sock)  # the server closed it
+        assert wait_for(lambda: rig.server.health()["viewers"] == 0)
+    finally:
+        stalled.close()
+        rig.stop()
+
+
+def test_nothing_is_encoded_while_nobody_watches(rig):
+    def frames_pass(n: int) -> None:
+        target = rig.ring.newest_id + n
+        assert wait_for(lambda: rig.ring.newest_id >= target)
+
+    frames_pass(10)
+    assert rig.feed.encodes == 0 and rig.feed.watchers == 0
+    v = Viewer(rig.port)
+    for _ in range(3):
+        v.part()
+    v.close()
+    assert rig.feed.encodes >= 3
+    assert wait_for(lambda: rig.feed.watchers == 0)
+    frames_pass(2)  # an encode already under way when the last viewer left may still finish
+    settled = rig.feed.encodes
+    frames_pass(10)
+    assert rig.feed.encodes == settled
+    assert rig.feed.health()["watchers"] == 0
+
+
+def test_frame_counter_restart_does_not_freeze_viewers(rig):
+    v = Viewer(rig.port)
+    try:
+        before = [int(v.part()[0]["X-Frame-Id"]) for _ in range(3)]
+        rig.feeder.next_id = 0  # the capture loop was rebuilt and counts from 0 again
+        after = None
+        for _ in range(100):
+            fid = int(v.part()[0]["X-Frame-Id"])
+            if fid < before[0]:
+                after = fid
+                break
+        assert after is not None
+        assert int(v.part()[0]["X-Frame-Id"]) > after  # and it follows the new counter
+    finally:
+        v.close()
+
+
+def test_encode_failure_degrades_and_recovers(rig):
+    v = Viewer(rig.port)
+    try:
+        v.part()
+        rig.feeder.running.clear()
+        time.sleep(0.2)  # let a commit in flight finish before the broken frame goes in
+        broken = FrameMeta(frame_id=rig.feeder.next_id + 5, ts=time.time(), mono=time.monotonic())
+        rig.latest.put(np.zeros((0, 0, 3), np.uint8), broken)
+        assert wait_for(lambda: not rig.feed_status.ok)
+        assert rig.feed_status.errors >= 1 and "encoding fails" in rig.feed_status.state
+        errors = rig.feed_status.errors
+        rig.feeder.next_id = broken.frame_id + 1
+        rig.feeder.running.set()
+        fid = int(v.part()[0]["X-Frame-Id"])
+        while fid <= broken.frame_id:
+            fid = int(v.part()[0]["X-Frame-Id"])
+        assert wait_for(lambda: rig.feed_status.ok)
+        assert rig.feed_status.errors == errors  # the broken frame was tried once, not again and again
+    finally:
+        v.close()
+
+
+def test_resolution_ring_streams_the_ring_frames_live(rig):
+    rig.config.set("mjpeg.resolution", "ring")
+    status, headers, body = request(rig.port, "/snapshot.jpg")
+    assert status == 200 and decode(body).shape == (RING_H, RING_W, 3)
+    v = Viewer(rig.port)
+    try:
+        assert decode(v.part()[1]).shape == (RING_H, RING_W, 3)
+        rig.config.set("mjpeg.resolution", "full")
+        shapes = {decode(v.part()[1]).shape for _ in range(5)}
+        assert (H, W, 3) in shapes
+    finally:
+        v.close()
+
+
+def test_quality_is_read_live(rig):
+    v = Viewer(rig.port)
+    try:
+        sizes_hi = [len(v.part()[1]) for _ in range(3)]
+        rig.config.set("mjpeg.quality", 10)
+        sizes = [len(v.part()[1]) for _ in range(6)]
+        assert min(sizes) < min(sizes_hi) / 2
+    finally:
+        v.close()
+
+
+# --- the other routes --------------------------------------------------------------------------------
+
+def test_snapshot_meta_health_and_page(rig):
+    status, headers, body = request(rig.port, "/snapshot.jpg")
+    assert status == 200 and headers["content-type"] == "image/jpeg"
+    assert decode(body).shape == (H, W, 3)
+    assert int(headers["x-frame-id"]) in rig.feeder.metas
+
+    status, headers, body = request(rig.port, "/meta")
+    assert status == 200 and headers["content-type"] == "application/json"
+    meta = json.loads(body)
+    assert meta["frame_id"] in rig.feeder.metas
+    assert meta["motion"] == rig.feeder.metas[meta["frame_id"]].extra["motion"]
+    assert json.loads(request(rig.port, "/meta.json")[2])["frame_id"] >= meta["frame_id"]
+
+    status, headers, body = request(rig.port, "/health")
+    health = json.loads(body)
+    assert status == 200 and health["mjpeg"]["max_clients"] == 16 and "encodes_per_s" in health["encoder"]
+    assert health["mjpeg"]["listening"] is True
+
+    status, headers, body = request(rig.port, "/")
+    page = body.decode()
+    assert status == 200 and headers["content-type"].startswith("text/html")
+    assert 'src="stream"' in page and 'fetch("meta"' in page and 'href="health"' in page
+    assert "http://" not in page and "https://" not in page  # self-contained: no external assets
+
+    status, headers, body = request(rig.port, "/", method="HEAD")
+    assert status == 200 and body == b"" and int(headers["content-length"]) > 0
+    status, headers, body = request(rig.port, "/stream", method="HEAD")
+    assert status == 200 and headers["content-type"].startswith("multipart/x-mixed-replace") and body == b""
+
+
+def test_no_frame_yet_answers_503():
+    rig = Rig(feed_frames=False).start()
+    try:
+        status, _, body = request(rig.port, "/snapshot.jpg")
+        assert status == 503 and b"no frame" in body
+        status, _, body = request(rig.port, "/meta")
+        assert status == 503 and json.loads(body) == {"error": "no frame yet"}
+    finally:
+        rig.stop()
+
+
+def test_snapshot_of_a_broken_frame_is_an_error_not_a_crash():
+    rig = Rig(feed_frames=False).start()
+    try:
+        rig.latest.put(np.zeros((0, 0, 3), np.uint8), FrameMeta(frame_id=1, ts=time.time(), mono=time.monotonic()))
+        assert request(rig.port, "/snapshot.jpg")[0] == 503
+        assert rig.feed_status.errors == 1 and "snapshot encode failed" in rig.feed_status.last_error
+        rig.feeder.commit(rig.feeder.frame(2), 2)
+        status, headers, body = request(rig.port, "/snapshot.jpg")
+        assert status == 200 and headers["x-frame-id"] == "2" and decode(body).shape == (H, W, 3)
+    finally:
+        rig.stop()
+
+
+def test_health_callable_failure_answers_500_and_server_goes_on():
+    def broken() -> dict:
+        raise RuntimeError("sensor file vanished")
+
+    rig = Rig(health=broken).start()
+    try:
+        status, _, body = request(rig.port, "/health")
+        assert status == 500 and "sensor file vanished" in json.loads(body)["error"]
+        assert rig.status.errors == 1
+        assert request(rig.port, "/")[0] == 200
+    finally:
+        rig.stop()
+
+
+def test_unknown_path_wrong_method_and_junk(rig):
+    assert request(rig.port, "/nope")[0] == 404
+    assert request(rig.port, "/stream/../etc/passwd")[0] == 404
+    for method in ("POST", "PUT", "DELETE", "OPTIONS"):
+        status, headers, _ = request(rig.port, "/stream", method=method)
+        assert status == 405 and headers["allow"] == "GET, HEAD"
+    with socket.create_connection(("127.0.0.1", rig.port), timeout=10) as s:
+        s.sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03garbage\r\n\r\n")  # a TLS hello, say
+        answer = b""
+        while chunk := s.recv(4096):
+            answer += chunk
+        assert b"400" in answer and b"Bad request" in answer
+    with socket.create_connection(("127.0.0.1", rig.port), timeout=10) as s:
+        s.sendall(b"GET /" + b"a" * 70000 + b" HTTP/1.0\r\n\r\n")
+        assert s.recv(100).startswith(b"HTTP/1.0 414")
+    assert request(rig.port, "/")[0] == 200
+    assert rig.server.health()["connections"] == 0 or wait_for(lambda: rig.server.health()["connections"] == 0)
+
+
+def test_allow_list_is_read_live(rig):
+    rig.allow = ["10.0.0.0/8"]
+    status, _, body = request(rig.port, "/")
+    assert status == 403 and b"allowed" in body
+    assert request(rig.port, "/stream")[0] == 403
+    assert request(rig.port, "/stream", method="POST")[0] == 403
+    assert rig.server.health()["rejected_forbidden"] == 3 and rig.feed.watchers == 0
+    rig.allow = ["127.0.0.1/32"]
+    assert request(rig.port, "/")[0] == 200
+
+
+def test_more_than_max_clients_get_503(rig):
+    rig.config.set("mjpeg.max_clients", 2)
+    viewers = [Viewer(rig.port) for _ in range(2)]
+    try:
+        for v in viewers:
+            v.part()
+        status, headers, body = request(rig.port, "/")
+        assert status == 503 and headers["retry-after"] == "5"
+        assert request(rig.port, "/stream")[0] == 503
+        assert rig.server.health()["rejected_busy"] == 2
+        viewers.pop().close()
+        assert wait_for(lambda: rig.server.health()["connections"] < 2)
+        assert request(rig.port, "/")[0] == 200
+    finally:
+        for v in viewers:
+            v.close()
+
+
+# --- lifecycle ---------------------------------------------------------------------------------------
+
+def test_stop_closes_viewers(rig):
+    active = Viewer(rig.port)
+    stalled = Viewer(rig.port, rcvbuf=4096, read_head_now=False)
+    active.part()
+    assert wait_for(lambda: rig.server.health()["viewers"] == 2)
+    rig.server.stop()
+    assert rig.server.port is None and rig.server.health()["listening"] is False
+    assert drained_to_eof(active.sock) and drained_to_eof(stalled.sock)
+    assert wait_for(lambda: rig.server.health()["viewers"] == 0)
+    assert not [t for t in threading.enumerate() if t.name == "picamd-mjpeg"]
+    rig.feed.stop()
+    assert not [t for t in threading.enumerate() if t.name == "picamd-encoder"]
+    active.close()
+    stalled.close()
+
+
+def test_port_in_use_degrades_then_recovers():
+    blocker = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    blocker.bind(("127.0.0.1", 0))
+    blocker.listen()
+    port = blocker.getsockname()[1]
+    rig = Rig(values={"mjpeg.port": port}).start()
+    try:
+        assert rig.server.port is None
+        assert not rig.status.ok and "cannot listen on 127.0.0.1:" in rig.status.state
+        assert rig.server.health()["listening"] is False
+        blocker.close()
+        assert wait_for(lambda: rig.server.port == port, timeout=20)
+        assert rig.status.ok
+        assert request(port, "/")[0] == 200
+    finally:
+        blocker.close()
+        rig.stop()
+
+
+# --- shortstream -------------------------------------------------------------------------------------
+
+def parse_shortstream(data: bytes) -> list[bytes]:
+    frames, pos = [], 0
+    while True:
+        (n,) = struct.unpack(">I", data[pos:pos + 4])
+        pos += 4
+        if n == 0:
+            assert pos == len(data), "bytes after the end marker"
+            return frames
+        frames.append(data[pos:pos + n])
+        pos += n
+
+
+def test_shortstream_sends_n_length_prefixed_frames_then_zero(rig):
+    registry = Registry()
+    rig.feed.register_commands(registry)
+    reply = registry.dispatch("shortstream 5")
+    assert reply.ok and reply.message == "shortstream 5"
+    assert reply.encode() == b"OK shortstream 5\n"
+    assert rig.feed.watchers == 0  # nothing is taken until the port starts sending
+    frames = parse_shortstream(b"".join(reply.stream))
+    assert len(frames) == 5
+    assert all(decode(f).shape == (H, W, 3) for f in frames)
+    assert len({f for f in frames}) == 5  # five different frames
+    assert rig.feed.watchers == 0
+
+
+def test_shortstream_closed_early_releases_the_watch(rig):
+    registry = Registry()
+    rig.feed.register_commands(registry)
+    stream = registry.dispatch("shortstream 100").stream
+    first = next(stream)
+    assert struct.unpack(">I", first[:4])[0] == len(first) - 4
+    assert rig.feed.watchers == 1
+    stream.close()  # the client went away
+    assert rig.feed.watchers == 0
+
+
+@pytest.mark.parametrize("line", ["shortstream 0", "shortstream 1001", "shortstream -3", "shortstream abc",
+                                  "shortstream 2.5", "shortstream", "shortstream 1 2"])
+def test_shortstream_bad_input_is_refused_and_changes_nothing(rig, line):
+    registry = Registry()
+    rig.feed.register_commands(registry)
+    encodes = rig.feed.encodes
+    reply = registry.dispatch(line)
+    assert not reply.ok and reply.stream is None
+    assert reply.first_line().startswith("ERR usage: shortstream N")
+    assert rig.feed.watchers == 0 and rig.feed.encodes == encodes
+
+
+def test_shortstream_without_frames_ends_with_zero_length():
+    rig = Rig(feed_frames=False).start()
+    try:
+        rig.feed.frame_wait_s = 0.5
+        registry = Registry()
+        rig.feed.register_commands(registry)
+        assert b"".join(registry.dispatch("shortstream 3").stream) == b"\x00\x00\x00\x00"
+    finally:
+        rig.stop()
+
+
+# --- tools/client.py ---------------------------------------------------------------------------------
+
+CLIENT = [sys.executable, str(ROOT / "tools" / "client.py")]
+LINE = re.compile(
+    r"^frame=(\d+) time=\d{4}-\d\d-\d\dT[\d:.]+ dark=[\d.]+ night=[01] exposure_us=\d+ gain=2\.500 "
+    r"motion=(\{.*\}) note=line one  Injected: yes bytes=\d+ size=640x480$"
+)
+
+
+def test_client_prints_metadata_and_saves_frames(rig, tmp_path):
+    out = subprocess.run(CLIENT + [rig.url("/stream"), "--count", "5", "--save", str(tmp_path), "--fps", "10", "--decode"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert len(lines) == 5
+    ids = []
+    for line in lines:
+        m = LINE.match(line)
+        assert m, line
+        ids.append(int(m.group(1)))
+        assert json.loads(m.group(2)) == rig.feeder.metas[ids[-1]].extra["motion"]
+    saved = sorted(tmp_path.glob("frame_*.jpg"))
+    assert [int(p.stem.split("_")[1]) for p in saved] == sorted(ids)
+    assert decode(saved[0].read_bytes()).shape == (H, W, 3)
+    assert not list(tmp_path.glob(".*"))  # no temp files left
+
+
+def test_client_exits_nonzero_when_it_cannot_connect(rig):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        free = s.getsockname()[1]
+    out = subprocess.run(CLIENT + [f"http://127.0.0.1:{free}/stream", "--count", "1"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 1 and "cannot connect" in out.stderr and out.stdout == ""
+
+    out = subprocess.run(CLIENT + [rig.url("/health"), "--count", "1"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 1 and "not an MJPEG stream" in out.stderr
+
+    rig.allow = ["10.0.0.0/8"]
+    out = subprocess.run(CLIENT + [rig.url("/stream"), "--count", "1"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 1 and "403" in out.stderr
+
+
+def test_client_reconnects_after_the_server_restarts():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    rig = Rig(values={"mjpeg.port": port}).start()
+    proc = subprocess.Popen(CLIENT + [rig.url("/stream"), "--count", "12", "--fps", "10"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        first = [proc.stdout.readline() for _ in range(4)]
+        assert all(line.startswith("frame=") for line in first), first
+        rig.server.stop()
+        rig.server.start()
+        assert rig.server.port == port
+        stdout, stderr = proc.communicate(timeout=60)
+        assert proc.returncode == 0, stderr
+        assert len(first) + len(stdout.splitlines()) == 12
+        assert "reconnected" in stderr
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        rig.stop()
