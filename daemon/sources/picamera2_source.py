@@ -1,0 +1,577 @@
+"""The Raspberry Pi camera through Picamera2 (libcamera).
+
+`picamera2` comes from apt on the Pi (`python3-picamera2`; the daemon's venv
+is made with `--system-site-packages`), not from PyPI, so it is imported
+only when this source opens. Tests pass a stand-in module instead.
+
+One reader thread (`picamd-picamera2-reader`) owns the camera: it captures
+requests, copies the main stream out, reads the metadata, releases the
+request and keeps only the newest frame; it also performs every
+reconfiguration (day/night, frame rate, full-resolution stills) between two
+frames, so no other thread ever calls into the camera while a capture is in
+flight. `read(timeout)` waits on a condition and is bounded whatever the
+camera does; a stalled camera gives None until the capture loop's stall
+timeout closes and reopens it.
+
+Modes:
+
+* day: a video configuration at `camera.width` x `camera.height`, RGB888
+  (BGR in memory), `FrameDurationLimits` fixed at 1/`camera.framerate`,
+  auto-exposure and auto white balance on.
+* night `still`: a still configuration at the same size with AE and AWB off,
+  fixed `ExposureTime` and `AnalogueGain`, and `FrameDurationLimits` widened
+  to cover the exposure (without that, libcamera silently caps the exposure
+  at the frame duration: about 33 ms in video, 83 ms in preview). The
+  exposure is clamped to the sensor's `ExposureTime` maximum (about 1 s on
+  the OV5647, 11.8 s on the IMX219, 112 s on the IMX708, 670 s on the
+  IMX477) and the gain to its `AnalogueGain` range; the clamping is logged and
+  returned. White balance is frozen at the gains AWB last chose.
+* night `slow_video`: the video configuration with `FrameDurationLimits` up
+  to the long exposure and AE on in its Long exposure mode, so the frame rate
+  drops as the light fades. How long AE really exposes is also bounded by the
+  camera tuning's exposure profile; use `still` for fixed long exposures.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from concurrent.futures import CancelledError
+from typing import Any
+
+import numpy as np
+
+from .base import Source, SourceError
+
+log = logging.getLogger("picamd.picamera2")
+
+#: The reader waits for a frame in slices this long, so it notices close() promptly.
+POLL_S = 0.25
+#: How long close() waits for the reader thread to stop the camera and release it.
+CLOSE_WAIT_S = 2.0
+#: Frame buffers: few, because each full frame lives in scarce CMA memory on a Pi.
+DAY_BUFFERS = 4
+STILL_BUFFERS = 2
+#: Headroom between the exposure and the longest frame duration we allow (sensor blanking).
+FRAME_DURATION_MARGIN_US = 20_000
+#: Metadata copied into each frame's info when the camera reports it.
+METADATA_KEYS = ("ExposureTime", "AnalogueGain", "DigitalGain", "Lux", "ColourTemperature", "FrameDuration", "SensorTemperature")
+
+INSTALL_HINT = ("picamera2 is not importable: on Raspberry Pi OS run `sudo apt install python3-picamera2` "
+                "and make the venv with --system-site-packages")
+
+
+def load_picamera2(module: Any = None) -> Any:
+    """The picamera2 module (or the given stand-in); raises SourceError with an install hint."""
+    if module is not None:
+        return module
+    try:
+        import picamera2  # noqa: PLC0415 - imported lazily: it exists only on a Pi
+    except Exception as exc:  # ImportError, or libcamera failing to load off the Pi
+        raise SourceError(f"{INSTALL_HINT} ({type(exc).__name__}: {exc})") from exc
+    return picamera2
+
+
+def jsonable(value: Any) -> Any:
+    """libcamera values (tuples, enums, Rectangle, SensorFormat) as plain JSON values."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, (tuple, list)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, np.generic):
+        return value.item()
+    return str(value)
+
+
+def describe_controls(camera_controls: dict) -> dict[str, Any]:
+    """camera_controls (name -> (min, max, default)) as name -> {"min", "max", "default"}."""
+    out = {}
+    for name, limits in sorted(camera_controls.items()):
+        try:
+            lo, hi, default = limits
+        except (TypeError, ValueError):
+            out[name] = jsonable(limits)
+            continue
+        out[name] = {"min": jsonable(lo), "max": jsonable(hi), "default": jsonable(default)}
+    return out
+
+
+def describe_sensor_modes(modes: list[dict]) -> list[dict[str, Any]]:
+    out = []
+    for m in modes:
+        out.append({
+            "size": jsonable(m.get("size")),
+            "bit_depth": m.get("bit_depth"),
+            "fps": m.get("fps"),
+            "crop": jsonable(m.get("crop_limits")),
+            "format": jsonable(m.get("format")),
+            "exposure_limits_us": jsonable(m.get("exposure_limits")),
+        })
+    return out
+
+
+class _FullCapture:
+    """A request for a full-resolution still, handed to the reader thread."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.result: tuple[np.ndarray, dict[str, Any]] | None = None
+        self.error: str | None = None
+
+
+class Picamera2Source(Source):
+    name = "picamera2"
+
+    def __init__(self, camera: Any, night: Any, picamera2_module: Any = None, camera_num: int = 0) -> None:
+        self._cfg = camera
+        self._night_cfg = night
+        self._given_module = picamera2_module
+        self._num = int(camera_num)
+        self._fps = float(camera.framerate)
+        self._cond = threading.Condition()
+        self._stop = threading.Event()
+        self._released = threading.Event()
+        self._released.set()
+        self._thread: threading.Thread | None = None
+        self._cam: Any = None
+        self._module: Any = None
+        # what the camera should be doing: ("day",) or (mode, exposure_us, gain) after clamping
+        self._wanted: tuple = ("day",)
+        self._applied: tuple = ("closed",)  # what the running camera is configured for
+        self._reconfigure = False
+        self._pending_controls: dict[str, Any] = {}
+        self._full_requests: list[_FullCapture] = []
+        self._mode = "closed"
+        self._frame: np.ndarray | None = None
+        self._frame_info: dict[str, Any] = {}
+        self._frame_seq = 0
+        self._returned_seq = 0
+        self._error: str | None = None
+        self._metadata: dict[str, Any] = {}
+        self._limits: dict[str, Any] = {}
+        self._sensor_modes: list[dict[str, Any]] | None = None
+        self._info: dict[str, Any] = {}
+        self._properties: dict[str, Any] = {}
+        self._configured_size: tuple[int, int] | None = None
+        self._colour_gains: tuple[float, float] | None = None
+
+    @property
+    def camera_num(self) -> int:
+        return self._num
+
+    @property
+    def is_open(self) -> bool:
+        return self._thread is not None
+
+    # -- configurations --------------------------------------------------------------------
+
+    def _transform(self) -> Any:
+        libcamera = getattr(self._module, "libcamera", None)
+        if libcamera is None:
+            import libcamera  # noqa: PLC0415 - ships with picamera2 on the Pi
+        return libcamera.Transform(hflip=int(bool(self._cfg.hflip)), vflip=int(bool(self._cfg.vflip)))
+
+    def _size(self) -> tuple[int, int]:
+        # Picamera2 wants even sizes; it would round them down the same way.
+        w, h = int(self._cfg.width), int(self._cfg.height)
+        return w - w % 2, h - h % 2
+
+    def _day_frame_us(self) -> int:
+        # libcamera clamps this to what the chosen sensor mode can do.
+        return int(round(1e6 / max(0.05, self._fps)))
+
+    def _limit(self, name: str, fallback: tuple) -> tuple:
+        got = self._limits.get(name)
+        if not got:
+            return fallback
+        return got[0], got[1]
+
+    def _ae_long_mode(self) -> Any:
+        libcamera = getattr(self._module, "libcamera", None)
+        enum = getattr(getattr(getattr(libcamera, "controls", None), "AeExposureModeEnum", None), "Long", None)
+        return enum
+
+    def _controls_for(self, wanted: tuple) -> dict[str, Any]:
+        if wanted[0] == "day":
+            frame_us = self._day_frame_us()
+            # ExposureTime/AnalogueGain 0 hand both back to AE: libcamera keeps a fixed value set at night across reconfigurations.
+            return {"FrameDurationLimits": (frame_us, frame_us), "AeEnable": True, "AwbEnable": True,
+                    "ExposureTime": 0, "AnalogueGain": 0}
+        mode, exposure_us, gain = wanted
+        fd_hi = self._limit("FrameDurationLimits", (None, None))[1] or exposure_us + FRAME_DURATION_MARGIN_US
+        lo = min(self._day_frame_us(), exposure_us)
+        if mode == "still":
+            hi = max(lo, min(int(fd_hi), exposure_us + FRAME_DURATION_MARGIN_US))
+            controls = {"AeEnable": False, "AwbEnable": False, "ExposureTime": int(exposure_us),
+                        "AnalogueGain": float(gain), "FrameDurationLimits": (lo, hi)}
+            if self._colour_gains and "ColourGains" in self._limits:
+                controls["ColourGains"] = self._colour_gains  # keep the colours AWB had, rather than a default
+            return controls
+        hi = max(lo, min(int(fd_hi), int(exposure_us)))
+        controls = {"AeEnable": True, "AwbEnable": True, "FrameDurationLimits": (lo, hi), "ExposureTime": 0, "AnalogueGain": 0}
+        long_mode = self._ae_long_mode()
+        if long_mode is not None and "AeExposureMode" in self._limits:
+            controls["AeExposureMode"] = long_mode
+        return controls
+
+    def _build_config(self, cam: Any, wanted: tuple) -> dict:
+        main = {"size": self._size(), "format": "RGB888"}
+        controls = self._controls_for(wanted)
+        if wanted[0] == "still":
+            return cam.create_still_configuration(main=main, transform=self._transform(), buffer_count=STILL_BUFFERS, controls=controls)
+        return cam.create_video_configuration(main=main, transform=self._transform(), buffer_count=DAY_BUFFERS, controls=controls)
+
+    # -- opening -----------------------------------------------------------------------------
+
+    def open(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            return
+        if not self._released.wait(CLOSE_WAIT_S):
+            raise SourceError("the Pi camera is still being released by the previous capture")
+        started = time.monotonic()
+        self._module = load_picamera2(self._given_module)
+        Picamera2 = self._module.Picamera2
+        try:
+            cameras = list(Picamera2.global_camera_info())
+        except Exception as exc:
+            raise SourceError(f"libcamera cannot list cameras: {exc}") from exc
+        if self._num >= len(cameras):
+            raise SourceError(f"no Pi camera {self._num} (libcamera sees {len(cameras)} camera(s))")
+        self._info = dict(cameras[self._num])
+        try:
+            cam = Picamera2(self._num)
+        except Exception as exc:
+            raise SourceError(f"cannot open Pi camera {self._num} ({self._info.get('Model', '?')}): {exc}") from exc
+        try:
+            if self._sensor_modes is None:
+                # Reading sensor_modes reconfigures the camera once per mode, so it is done once, before our own configure.
+                try:
+                    self._sensor_modes = describe_sensor_modes(cam.sensor_modes)
+                except Exception as exc:
+                    log.warning("could not read the sensor modes of camera %d: %s", self._num, exc)
+                    self._sensor_modes = []
+            self._properties = {k: jsonable(v) for k, v in dict(cam.camera_properties).items()}
+            self._limits = dict(cam.camera_controls)
+            if self._wanted[0] != "day":
+                # Night was asked for before the sensor's limits were known: clamp now.
+                exp, g, notes = self._clamp(self._wanted[1], self._wanted[2])
+                self._wanted = (self._wanted[0], exp, g)
+                for n in notes:
+                    log.warning("Pi camera %d: %s", self._num, n)
+            config = self._build_config(cam, self._wanted)
+            cam.configure(config)
+            self._limits = dict(cam.camera_controls)
+            self._configured_size = tuple(cam.camera_configuration()["main"]["size"])
+            cam.start()
+        except Exception as exc:
+            try:
+                cam.close()
+            except Exception as close_exc:
+                log.debug("closing after a failed open: %s", close_exc)
+            raise SourceError(f"cannot start Pi camera {self._num}: {exc}") from exc
+        self._cam = cam
+        self._mode = self._wanted[0]
+        self._applied = self._wanted
+        with self._cond:
+            self._frame = None
+            self._frame_seq = self._returned_seq = 0
+            self._error = None
+            self._reconfigure = False
+        self._stop.clear()
+        self._released.clear()
+        self._thread = threading.Thread(target=self._reader, args=(cam,), name="picamd-picamera2-reader", daemon=True)
+        self._thread.start()
+        exp_max = self._limit("ExposureTime", (None, None))[1]
+        log.info("opened Pi camera %d (%s) at %dx%d, %s mode, %.3g fps; exposure up to %s us, in %.2f s",
+                 self._num, self._info.get("Model", "?"), *self._configured_size, self._mode, self._fps,
+                 exp_max, time.monotonic() - started)
+
+    # -- the reader thread ---------------------------------------------------------------------
+
+    def _reader(self, cam: Any) -> None:
+        try:
+            while not self._stop.is_set():
+                self._between_frames(cam)
+                request = self._next_request(cam)
+                if request is None:
+                    return  # stopping
+                try:
+                    array = request.make_array("main")
+                    metadata = request.get_metadata()
+                finally:
+                    request.release()
+                self._publish(self._to_bgr(array), metadata)
+        except Exception as exc:  # libcamera errors end this capture; the capture loop reopens the source
+            log.debug("reader failed", exc_info=exc)
+            self._fail(f"camera failed: {type(exc).__name__}: {exc}")
+        finally:
+            self._teardown(cam)
+
+    def _next_request(self, cam: Any) -> Any:
+        """The next completed request, or None when asked to stop (a pending capture is then cancelled)."""
+        job = cam.capture_request(wait=False)
+        while True:
+            try:
+                return cam.wait(job, timeout=POLL_S)
+            except TimeoutError:
+                if self._stop.is_set():
+                    return None
+            except CancelledError:
+                return None
+
+    def _between_frames(self, cam: Any) -> None:
+        with self._cond:
+            reconfigure, self._reconfigure = self._reconfigure, False
+            wanted = self._wanted
+            controls, self._pending_controls = self._pending_controls, {}
+            full, self._full_requests = self._full_requests, []
+        if reconfigure:
+            self._switch(cam, wanted)
+        elif controls:
+            cam.set_controls(controls)
+        for req in full:
+            self._capture_full_now(cam, req)
+
+    def _switch(self, cam: Any, wanted: tuple) -> None:
+        if wanted == self._applied:
+            return
+        if wanted[0] == self._applied[0] and wanted[0] != "day":
+            # Same night mode with new values: the controls change live, no restart of the camera.
+            cam.set_controls(self._controls_for(wanted))
+            self._applied = wanted
+            log.info("night %s mode now exposure %d us, gain %g", wanted[0], wanted[1], wanted[2])
+            return
+        config = self._build_config(cam, wanted)
+        cam.stop()
+        cam.configure(config)
+        self._limits = dict(cam.camera_controls)
+        cam.start()
+        self._mode = wanted[0]
+        self._applied = wanted
+        log.info("camera now in %s mode (%s)", wanted[0],
+                 "video, AE/AWB on" if wanted[0] == "day" else f"exposure {wanted[1]} us, gain {wanted[2]:g}")
+
+    def _capture_full_now(self, cam: Any, req: _FullCapture) -> None:
+        current = cam.camera_configuration()
+        try:
+            still = cam.create_still_configuration(
+                main={"size": tuple(cam.sensor_resolution), "format": "RGB888"}, transform=self._transform(), buffer_count=1,
+                controls=dict(current.get("controls") or {}) if self._mode != "day" else {})
+            cam.stop()
+            cam.configure(still)
+            cam.start()
+            request = cam.wait(cam.capture_request(wait=False), timeout=max(5.0, self._wanted_exposure_s() * 3 + 5))
+            try:
+                frame = self._to_bgr(request.make_array("main"))
+                metadata = request.get_metadata()
+            finally:
+                request.release()
+            req.result = (frame, self._info_from(metadata))
+        except Exception as exc:
+            req.error = f"{type(exc).__name__}: {exc}"
+        finally:
+            try:
+                cam.stop()
+                cam.configure(self._build_config(cam, self._applied))
+                self._limits = dict(cam.camera_controls)
+                cam.start()
+            finally:
+                req.done.set()
+
+    def _wanted_exposure_s(self) -> float:
+        return self._applied[1] / 1e6 if self._applied[0] in ("still", "slow_video") else 0.1
+
+    @staticmethod
+    def _to_bgr(array: np.ndarray) -> np.ndarray:
+        if array.ndim == 3 and array.shape[2] == 4:  # XBGR8888 is B, G, R, X in memory
+            array = array[..., :3]
+        return np.ascontiguousarray(array)
+
+    def _info_from(self, metadata: dict) -> dict[str, Any]:
+        info: dict[str, Any] = {}
+        if "ExposureTime" in metadata:
+            info["exposure_us"] = int(metadata["ExposureTime"])
+        if "AnalogueGain" in metadata:
+            info["gain"] = round(float(metadata["AnalogueGain"]), 4)
+        for key in ("Lux", "ColourTemperature", "FrameDuration", "DigitalGain", "SensorTemperature"):
+            if key in metadata:
+                info[key] = jsonable(metadata[key])
+        info["mode"] = self._mode
+        return info
+
+    def _publish(self, frame: np.ndarray, metadata: dict) -> None:
+        info = self._info_from(metadata)
+        with self._cond:
+            self._frame = frame
+            self._frame_info = info
+            self._frame_seq += 1
+            self._metadata = {k: jsonable(v) for k, v in metadata.items()}
+            if self._mode == "day" and metadata.get("ColourGains"):
+                self._colour_gains = tuple(float(g) for g in metadata["ColourGains"])
+            self._cond.notify_all()
+
+    def _fail(self, reason: str) -> None:
+        with self._cond:
+            self._error = reason
+            self._cond.notify_all()
+        log.warning("Pi camera %d: %s", self._num, reason)
+
+    def _teardown(self, cam: Any) -> None:
+        try:
+            cancel = getattr(cam, "cancel_all_and_flush", None)
+            if cancel is not None:
+                cancel()  # a capture still waiting for a frame would otherwise hold up stop()
+            cam.stop()
+        except Exception as exc:
+            log.warning("stopping Pi camera %d: %s", self._num, exc)
+        try:
+            cam.close()
+        except Exception as exc:
+            log.warning("closing Pi camera %d: %s", self._num, exc)
+        finally:
+            self._released.set()
+            with self._cond:
+                for req in self._full_requests:
+                    req.error = "camera closed"
+                    req.done.set()
+                self._full_requests = []
+
+    # -- Source interface --------------------------------------------------------------------
+
+    def read(self, timeout: float) -> tuple[np.ndarray, dict[str, Any]] | None:
+        if self._thread is None:
+            raise SourceError("Pi camera is not open")
+        deadline = time.monotonic() + max(0.0, timeout)
+        with self._cond:
+            while self._frame_seq == self._returned_seq and self._error is None:
+                left = deadline - time.monotonic()
+                if left <= 0 or self._stop.is_set():
+                    return None
+                self._cond.wait(left)
+            if self._frame_seq == self._returned_seq:
+                raise SourceError(f"Pi camera {self._num}: {self._error}")
+            self._returned_seq = self._frame_seq
+            frame, info = self._frame, dict(self._frame_info)
+        assert frame is not None
+        return frame, info
+
+    def close(self) -> None:
+        self._stop.set()
+        thread, self._thread = self._thread, None
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(CLOSE_WAIT_S)
+            if thread.is_alive():
+                log.warning("Pi camera %d: still finishing a frame; it is released when the frame completes", self._num)
+        self._cam = None
+        self._mode = "closed"
+        with self._cond:
+            self._frame = None
+            self._cond.notify_all()
+
+    def set_framerate(self, fps: float) -> None:
+        if not fps or fps <= 0 or not math.isfinite(fps):
+            raise ValueError(f"frame rate must be positive, not {fps!r}")
+        with self._cond:
+            self._fps = float(fps)
+            if self._wanted[0] == "day":
+                us = self._day_frame_us()
+                self._pending_controls["FrameDurationLimits"] = (us, us)
+            else:
+                # At night the shortest frame duration follows the day frame rate: send the night controls again.
+                self._pending_controls.update(self._controls_for(self._wanted))
+
+    def apply_night(self, night: bool, mode: str, exposure_us: int, gain: float) -> dict[str, Any]:
+        if night and mode not in ("still", "slow_video"):
+            raise ValueError(f"night mode must be still or slow_video, not {mode!r}")
+        if not night:
+            with self._cond:
+                self._wanted = ("day",)
+                self._reconfigure = True
+            log.info("Pi camera %d: switching to day (video, AE/AWB on, %.3g fps)", self._num, self._fps)
+            return {"night": False, "applied": True, "mode": "day", "frame_interval_s": round(1.0 / self._fps, 6),
+                    "note": "auto-exposure and auto white balance on"}
+        exp, g, notes = self._clamp(int(exposure_us), float(gain))
+        with self._cond:
+            self._wanted = (mode, exp, g)
+            self._reconfigure = True
+        fd_hi = self._limit("FrameDurationLimits", (None, None))[1]
+        if mode == "still":
+            frame_hi = exp + FRAME_DURATION_MARGIN_US if not fd_hi else min(int(fd_hi), exp + FRAME_DURATION_MARGIN_US)
+            note = "AE/AWB off, fixed exposure and gain, frame duration widened to the exposure"
+        else:
+            frame_hi = exp if not fd_hi else min(int(fd_hi), exp)
+            note = "AE on (Long mode) with frame durations up to the exposure"
+        frame_lo = min(self._day_frame_us(), exp)
+        for n in notes:
+            log.warning("Pi camera %d: %s", self._num, n)
+        log.info("Pi camera %d: switching to night %s mode, exposure %d us, gain %g", self._num, mode, exp, g)
+        return {"night": True, "applied": True, "mode": mode, "exposure_us": exp, "gain": g,
+                "requested_exposure_us": int(exposure_us), "requested_gain": float(gain), "clamped": bool(notes),
+                "frame_duration_limits_us": [frame_lo, max(frame_lo, frame_hi)],
+                "frame_interval_s": round(max(1.0 / self._fps, exp / 1e6), 6) if mode == "still" else None,
+                "max_frame_interval_s": round(max(frame_lo, frame_hi) / 1e6, 6),
+                "note": "; ".join([note] + notes)}
+
+    def _clamp(self, exposure_us: int, gain: float) -> tuple[int, float, list[str]]:
+        """Exposure and gain within what the sensor reports (once it has been opened), with notes on what was cut."""
+        exp_lo, exp_hi = self._limit("ExposureTime", (None, None))
+        gain_lo, gain_hi = self._limit("AnalogueGain", (None, None))
+        exp, g, notes = int(exposure_us), float(gain), []
+        model = self._info.get("Model") or "sensor"
+        if exp_hi and exp > int(exp_hi):
+            notes.append(f"exposure {exp} us clamped to the {model} maximum {int(exp_hi)} us")
+            exp = int(exp_hi)
+        if exp_lo and exp < int(exp_lo):
+            exp = int(exp_lo)
+        if gain_hi and g > float(gain_hi):
+            notes.append(f"gain {g:g} clamped to the {model} maximum {float(gain_hi):.3g}")
+            g = float(gain_hi)
+        if gain_lo and g < float(gain_lo):
+            g = float(gain_lo)
+        return exp, g, notes
+
+    def capture_full(self, timeout: float = 30.0) -> tuple[np.ndarray, dict[str, Any]]:
+        """One still at the full sensor resolution, in the current exposure mode.
+
+        Blocks for a camera reconfiguration (about a second, plus the exposure)
+        and pauses the stream meanwhile: call it from a command or export
+        thread, never from the capture loop. Raises SourceError on failure.
+        """
+        if self._thread is None:
+            raise SourceError("Pi camera is not open")
+        req = _FullCapture()
+        with self._cond:
+            self._full_requests.append(req)
+        if not req.done.wait(timeout):
+            raise SourceError(f"no full-resolution frame within {timeout:g} s")
+        if req.result is None:
+            raise SourceError(f"full-resolution capture failed: {req.error}")
+        return req.result
+
+    def controls(self) -> dict[str, Any]:
+        return describe_controls(self._limits)
+
+    def exposure(self) -> dict[str, Any]:
+        with self._cond:
+            out = dict(self._metadata)
+        out["mode"] = self._mode
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"source": self.name, "camera_num": self._num, "model": self._info.get("Model"),
+                             "id": self._info.get("Id"), "mode": self._mode, "framerate": self._fps}
+        if self._configured_size:
+            d["width"], d["height"] = self._configured_size
+        if self._properties.get("PixelArraySize"):
+            d["sensor_resolution"] = self._properties["PixelArraySize"]
+        exp = self._limits.get("ExposureTime")
+        if exp:
+            d["exposure_limits_us"] = jsonable(exp[:2])
+        if self._sensor_modes:
+            d["sensor_modes"] = self._sensor_modes
+        return d
