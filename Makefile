@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 ARGS   ?=
 
-.PHONY: run test setup setup-test bench readme-config clean
+.PHONY: run test setup setup-test bench docs clean
 
 $(VENV)/.stamp: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,8 +30,10 @@ test: setup-test
 bench: setup
 	$(PY) bench/run_all.py
 
-readme-config: setup
-	$(PY) -m daemon config-table
+# Regenerates the README's config table and config.yaml from the schema.
+docs: setup
+	$(PY) -m daemon config-table --write README.md
+	$(PY) -m daemon example-config --demo > config.yaml
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -92,7 +92,8 @@ class App:
             frame_w, frame_h = cam.width, cam.height
 
         def reopen() -> Source:
-            return build_source(config, source_override)[0]
+            # The same object is reopened: the synthetic scene keeps its clock and a Pi camera is not re-probed.
+            return source
 
         kind, a, b = parse_downscale(config.get("ring.downscale"))
         if kind == "size":
@@ -285,4 +286,4 @@ class App:
         return Reply(True, f"camera {what}", body=data)
 
     def _cmd_cameras(self, args: list[str], session: Session) -> Reply:
-        return Reply(True, "cameras", body=list_cameras())
+        return Reply(True, "cameras", body=list_cameras(active=self.capture.current_source()))

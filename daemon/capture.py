@@ -70,6 +70,7 @@ class CaptureLoop:
         self._opened_mono = time.monotonic()
         self._reopens = 0
         self._pending_fps: float | None = None
+        self._applied_interval: float | None = None  # what the camera says a frame takes after a mode switch
         self._source_lock = threading.Lock()  # guards the source against the command threads' dumps
         self._described: dict[str, Any] = first_source.describe() if first_source else {}
         self._ring_wh = (ring.shape[1], ring.shape[0])
@@ -125,9 +126,14 @@ class CaptureLoop:
 
     # -- the loop
     def _frame_interval(self) -> float:
+        if self._applied_interval is not None:
+            return max(1.0 / self._cfg.framerate, self._applied_interval)
         if self._night.is_night and self._night_cfg.mode == "still":
             return max(1.0 / self._cfg.framerate, self._night_cfg.exposure_us / 1e6)
         return 1.0 / self._cfg.framerate
+
+    def current_source(self) -> Source | None:
+        return self._source
 
     def _run(self) -> None:
         backoff = 0.5
@@ -202,6 +208,8 @@ class CaptureLoop:
             return {"night": night, "applied": False, "note": "camera not open"}
         with self._source_lock:
             applied = src.apply_night(night, self._night_cfg.mode, self._night_cfg.exposure_us, self._night_cfg.gain)
+        interval = applied.get("max_frame_interval_s") or applied.get("frame_interval_s")
+        self._applied_interval = float(interval) if night and interval else None
         for stage in self._stages:  # exposure changes everything; motion must re-baseline
             reset = getattr(stage, "reset", None)
             if reset is not None:

@@ -114,5 +114,5 @@ def test_parse_downscale():
 def test_readme_config_table_matches_schema():
     table = markdown_table()
     readme = (ROOT / "README.md").read_text()
-    assert table in readme, "README config table is stale: run `make readme-config` and paste it"
+    assert table in readme, "README config table is stale: run `make docs`"
     assert len(table.splitlines()) == len(KEYS) + 2

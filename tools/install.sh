@@ -28,7 +28,8 @@ cp -r "$src/daemon" "$src/tools" "$src/pyproject.toml" "$src/README.md" "$prefix
 
 if [ ! -f /etc/picamd/config.yaml ]; then
   sed -e 's#^  base_dir: captures#  base_dir: /var/lib/picamd/captures#' \
-      -e 's#^  log_dir: logs#  log_dir: /var/log/picamd#' "$src/config.yaml" > /etc/picamd/config.yaml
+      -e 's#^  log_dir: logs#  log_dir: /var/log/picamd#' \
+      -e 's#^  regions: .*#  regions: []  \# the demo region watches the synthetic scene only#' "$src/config.yaml" > /etc/picamd/config.yaml
   chown picamd:picamd /etc/picamd/config.yaml
 fi
 [ -f /etc/picamd/env ] || { install -m 0600 /dev/null /etc/picamd/env; echo "# PICAMD_SMTP_PASSWORD=..." > /etc/picamd/env; }
