@@ -557,12 +557,35 @@ _PAGE = """<!doctype html>
   td:first-child { color: #999; }
   pre { margin: 0; white-space: pre-wrap; word-break: break-all; max-width: 30em; }
   #state.bad { color: #f88; }
+  #view { position: relative; display: inline-block; max-width: 100%; line-height: 0; cursor: crosshair;
+          touch-action: none; user-select: none; -webkit-user-select: none; }
+  #sel { position: absolute; display: none; box-sizing: border-box; border: 2px dashed #ff0;
+         background: rgba(255, 255, 0, .12); pointer-events: none; }
+  #region { margin-top: .8em; }
+  #region input { background: #000; color: #ddd; border: 1px solid #444; padding: .2em .4em; font-family: monospace; }
+  #cmd { width: 26em; max-width: 70vw; }
+  button { background: #333; color: #ddd; border: 1px solid #555; padding: .2em .8em; cursor: pointer; }
+  .hint { color: #999; font-size: .9em; max-width: 40em; }
+  .hint.bad { color: #f88; }
 </style>
 </head>
 <body>
 <header><h1>picamd</h1><span id="state">connecting</span><a href="health">health</a><a href="snapshot.jpg">snapshot</a><a href="meta">meta</a></header>
 <main>
-  <img id="stream" src="stream" alt="live stream">
+  <div>
+    <div id="view"><img id="stream" src="stream" alt="live stream" draggable="false"><div id="sel"></div></div>
+    <div id="region">
+      <div class="hint">Drag a rectangle over the image to mark a motion region (Esc clears it).</div>
+      <table>
+        <tr><td>name</td><td><input type="text" id="rname" value="region1" maxlength="64" spellcheck="false"></td></tr>
+        <tr><td>frame pixels</td><td id="rpx">-</td></tr>
+        <tr><td>fractions</td><td id="rfrac">-</td></tr>
+        <tr><td>command</td><td><input type="text" id="cmd" readonly placeholder="region add NAME X Y W H"> <button id="copy" type="button">copy</button></td></tr>
+        <tr><td>calibrate</td><td id="rcal">-</td></tr>
+      </table>
+      <div class="hint" id="rnote">Nothing changes here: send the command line to the command port to add the region.</div>
+    </div>
+  </div>
   <table>
     <tr><td>frame</td><td id="frame_id">-</td></tr>
     <tr><td>time</td><td id="time">-</td></tr>
@@ -604,6 +627,99 @@ document.getElementById("stream").addEventListener("error", () => {
 });
 poll();
 setInterval(poll, 1000);
+
+// Region tool: a rectangle dragged over the image, shown in camera frame pixels and fractions,
+// with the command line that adds it. It only computes text; it sends nothing to the daemon.
+const view = document.getElementById("view");
+const sel = document.getElementById("sel");
+const nameInput = document.getElementById("rname");
+const cmd = document.getElementById("cmd");
+const note = document.getElementById("rnote");
+const forbidden = '=;:,"' + String.fromCharCode(92);
+let frameSize = null;  // [w, h] of the camera frame from health; the stream may be the smaller ring frame
+let region = null;  // [x0, y0, x1, y1] as fractions of the image
+let dragFrom = null;
+async function loadFrameSize() {
+  try {
+    const r = await fetch("health", {cache: "no-store"});
+    const size = (await r.json()).camera.frame_size;
+    if (Array.isArray(size) && size.length === 2 && size[0] > 0 && size[1] > 0) { frameSize = size; }
+  } catch (e) {
+    frameSize = null;  // fall back to the stream's own size
+  }
+  showRegion();
+}
+function fractionAt(ev) {
+  const box = view.getBoundingClientRect();
+  const clamp = (v) => Math.min(1, Math.max(0, v));
+  return [clamp((ev.clientX - box.left) / box.width), clamp((ev.clientY - box.top) / box.height)];
+}
+function showRegion() {
+  if (!region) {
+    sel.style.display = "none";
+    cmd.value = "";
+    show("rpx", "-"); show("rfrac", "-"); show("rcal", "-");
+    return;
+  }
+  const [x0, y0, x1, y1] = region;
+  Object.assign(sel.style, {display: "block", left: x0 * 100 + "%", top: y0 * 100 + "%",
+                            width: (x1 - x0) * 100 + "%", height: (y1 - y0) * 100 + "%"});
+  const img = document.getElementById("stream");
+  const [fw, fh] = frameSize || [img.naturalWidth, img.naturalHeight];
+  const f4 = (v) => v.toFixed(4);
+  show("rfrac", f4(x0) + " " + f4(y0) + " " + f4(x1 - x0) + " " + f4(y1 - y0));
+  let problem = "";
+  if (!fw || !fh) { problem = "waiting for the first frame to know the frame size"; }
+  const x = Math.round(x0 * fw), y = Math.round(y0 * fh);
+  const w = Math.round(x1 * fw) - x, h = Math.round(y1 * fh) - y;
+  const name = nameInput.value.trim();
+  if (!problem && (w < 2 || h < 2)) { problem = "drag a larger rectangle (at least 2 x 2 frame pixels)"; }
+  if (!problem && (!name || [...name].some((c) => c <= " " || forbidden.includes(c)))) {
+    problem = "the name needs 1 to 64 characters without spaces, = ; : , quotes or backslashes";
+  }
+  show("rpx", problem && (!fw || !fh) ? "-" : "x " + x + "  y " + y + "  w " + w + "  h " + h + "  (frame " + fw + " x " + fh + ")");
+  if (problem) {
+    cmd.value = "";
+    show("rcal", "-");
+    note.textContent = problem;
+    note.className = "hint bad";
+    return;
+  }
+  cmd.value = "region add " + name + " " + x + " " + y + " " + w + " " + h;
+  show("rcal", "--name " + name + " --rect " + x + " " + y + " " + w + " " + h);
+  note.textContent = (frameSize ? "" : "The camera frame size is unknown (health unreadable): these are stream pixels. ") +
+    'Nothing changes here: send the line to the command port, e.g. echo "' + cmd.value + '" | nc ' +
+    (location.hostname || "HOST") + " 9999 (add MIN as a sixth number to set min_fraction).";
+  note.className = "hint";
+}
+view.addEventListener("pointerdown", (ev) => {
+  if (ev.button !== 0) { return; }
+  ev.preventDefault();
+  view.setPointerCapture(ev.pointerId);
+  dragFrom = fractionAt(ev);
+  region = [...dragFrom, ...dragFrom];
+  showRegion();
+});
+view.addEventListener("pointermove", (ev) => {
+  if (!dragFrom) { return; }
+  const to = fractionAt(ev);
+  region = [Math.min(dragFrom[0], to[0]), Math.min(dragFrom[1], to[1]), Math.max(dragFrom[0], to[0]), Math.max(dragFrom[1], to[1])];
+  showRegion();
+});
+view.addEventListener("pointerup", () => { dragFrom = null; });
+view.addEventListener("pointercancel", () => { dragFrom = null; });
+document.addEventListener("keydown", (ev) => { if (ev.key === "Escape") { region = null; dragFrom = null; showRegion(); } });
+nameInput.addEventListener("input", showRegion);
+document.getElementById("copy").addEventListener("click", async () => {
+  if (!cmd.value) { return; }
+  try {
+    await navigator.clipboard.writeText(cmd.value);  // only on https or localhost
+  } catch (e) {
+    cmd.select();
+    document.execCommand("copy");
+  }
+});
+loadFrameSize();
 </script>
 </body>
 </html>

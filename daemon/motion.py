@@ -22,7 +22,8 @@ box per frame; buffers are allocated once per region, so the per-frame work
 allocates almost nothing. With the background method a part that stops in a
 new place reads as changed until the background has absorbed it (about
 1/background_alpha frames); the previous-frame method has no such lag but
-misses motion too slow to show between two frames.
+misses motion too slow to show between two frames. `RegionMeter` runs this
+same measure for one region outside the daemon (tools/calibrate.py).
 
 A global brightness jump (the frame's mean, `meta.dark_score`, moving more
 than `brightness_jump` from the previous frame or from its slow average:
@@ -631,8 +632,85 @@ class _Region:
             cv2.bitwise_and(self.dilated, mask, dst=self.dilated)
         return cv2.countNonZero(self.dilated)
 
+    def measure(self, ring_frame: np.ndarray, full_frame: np.ndarray | None, frame_size: tuple[int, int],
+                shared: _SharedGray | None, method: str, alpha: float, blur: int, threshold: int, dilate: int) -> bool:
+        """Measure one frame into `fraction` and `pixels`; False (and 0, 0) when it (re)built the background instead."""
+        blur = 0 if blur <= 1 else blur | 1  # an even kernel is taken as the next odd one
+        current, path = self.current(ring_frame, full_frame, frame_size, shared, blur)
+        changed = self.compare(current, (blur, method, path), method, alpha, threshold, dilate)
+        if changed is None:
+            self.fraction, self.pixels = 0.0, 0
+            return False
+        self.fraction = changed / self.geometry.area
+        self.pixels = round(changed * self.geometry.pixel_scale)
+        return True
+
     def rebaseline(self) -> None:
         self.needs_baseline = True
+
+
+class RegionMeter:
+    """One region measured frame by frame exactly as `Motion` measures it, for tools outside the daemon.
+
+    The calibration tool runs many of these side by side, one per candidate
+    setting. `region` and `masks` are given as in `motion.regions` and
+    `motion.masks` and validated the same way (ValueError names the problem);
+    `frame_size` is the camera's full frame (w, h) and `ring_size` the ring
+    frame's, which decide, as in the daemon, whether the region is measured on
+    the ring frame or on a crop of the full frame. The region's own
+    pixel_threshold, blur and dilate win over the arguments, as in the daemon.
+    There is no machine state and no brightness-jump handling here: feed
+    frames in order and read the changed fraction.
+    """
+
+    def __init__(self, region: dict[str, Any], frame_size: tuple[int, int], ring_size: tuple[int, int],
+                 masks: list | None = None, *, method: str = "background", alpha: float = 0.05,
+                 blur: int = 5, pixel_threshold: int = 25, dilate: int = 2) -> None:
+        if method not in ("background", "previous"):
+            raise ValueError(f"method must be background or previous, not {method!r}")
+        self.frame_size = (int(frame_size[0]), int(frame_size[1]))
+        self.ring_size = (int(ring_size[0]), int(ring_size[1]))
+        spec = parse_regions([region], self.frame_size)[0]
+        geometry = _Geometry(spec, parse_masks(masks or [], self.frame_size), self.frame_size, self.ring_size)
+        self._region = _Region(geometry, _Machine())
+        self.spec = spec
+        self.method = method
+        self.alpha = float(alpha)
+        self.blur = int(blur if spec.blur is None else spec.blur)
+        self.pixel_threshold = int(pixel_threshold if spec.pixel_threshold is None else spec.pixel_threshold)
+        self.dilate = int(dilate if spec.dilate is None else spec.dilate)
+        self._ring_shape = (self.ring_size[1], self.ring_size[0], 3)
+
+    @property
+    def source(self) -> str:
+        """'ring' or 'full': which frame the region is measured on."""
+        return self._region.geometry.source
+
+    @property
+    def measured_pixels(self) -> int:
+        """Pixels of the region in the measured frame: one changed pixel is 1/measured_pixels of the region."""
+        return int(self._region.geometry.area)
+
+    @property
+    def pixels(self) -> int:
+        """Changed pixels of the last frame, at full-frame scale (what min_pixels is compared with)."""
+        return self._region.pixels
+
+    def describe(self) -> dict[str, Any]:
+        return self._region.geometry.describe()
+
+    def measure(self, ring_frame: np.ndarray, full_frame: np.ndarray | None = None) -> float | None:
+        """The changed fraction of the region in this frame, or None when the frame (re)built the background."""
+        if ring_frame.shape != self._ring_shape or ring_frame.dtype != np.uint8:
+            raise ValueError(f"ring frame is {ring_frame.shape} {ring_frame.dtype}, expected {self._ring_shape} uint8")
+        region = self._region
+        measured = region.measure(ring_frame, full_frame, self.frame_size, None, self.method, self.alpha,
+                                  self.blur, self.pixel_threshold, self.dilate)
+        return region.fraction if measured else None
+
+    def rebaseline(self) -> None:
+        """Start the background again from the next frame (after a gap in the frames)."""
+        self._region.rebaseline()
 
 
 def format_duration(seconds: float) -> str:
@@ -888,23 +966,18 @@ class Motion:
             spec = region.spec
             if settling:
                 region.rebaseline()
-            blur = p.blur if spec.blur is None else spec.blur
-            blur = 0 if blur <= 1 else blur | 1  # an even kernel is taken as the next odd one
-            current, path = region.current(ring_frame, full_frame, self.frame_size, shared, blur)
-            changed = region.compare(
-                current, (blur, p.method, path), p.method, p.alpha,
+            measured = region.measure(
+                ring_frame, full_frame, self.frame_size, shared, p.method, p.alpha,
+                p.blur if spec.blur is None else spec.blur,
                 p.threshold if spec.pixel_threshold is None else spec.pixel_threshold,
                 p.dilate if spec.dilate is None else spec.dilate,
             )
-            if changed is None:
-                region.fraction, region.pixels, region.moving = 0.0, 0, None
+            if not measured:
+                region.moving = None
+            elif spec.min_pixels is not None:
+                region.moving = region.pixels >= spec.min_pixels
             else:
-                region.fraction = changed / region.geometry.area
-                region.pixels = round(changed * region.geometry.pixel_scale)
-                if spec.min_pixels is not None:
-                    region.moving = region.pixels >= spec.min_pixels
-                else:
-                    region.moving = region.fraction >= spec.min_fraction
+                region.moving = region.fraction >= spec.min_fraction
             region.settling = settling
             self._judge(region, meta, mono, p.window_s, p.running_fraction if spec.running_fraction is None else spec.running_fraction, p.deep_sleep_s)
             state = region.machine.state

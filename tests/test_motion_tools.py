@@ -1,0 +1,562 @@
+"""Motion calibration and charts, run the way a user runs them.
+
+tools/calibrate.py runs as a subprocess on generated videos with a known
+truth (a machine part that moves for known intervals, with sensor noise, small
+flicker, pauses and a person walking outside the region) and against a live
+MJPEG server on loopback, answering its prompts like a user would. Its snippet
+is then loaded as config and run through the real motion component.
+tools/chart.py runs on logs written by the real motion component (rotated,
+with a restart and with corrupted lines).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from daemon.bus import EventBus
+from daemon.config import Config
+from daemon.jpegfeed import JpegFeed
+from daemon.mjpeg import MjpegServer
+from daemon.motion import Motion, RegionMeter
+from daemon.ring import FrameMeta, LatestSlot, Ring
+from daemon.status import ComponentStatus
+
+ROOT = Path(__file__).resolve().parents[1]
+CALIBRATE = ROOT / "tools" / "calibrate.py"
+CHART = ROOT / "tools" / "chart.py"
+pytestmark = pytest.mark.timeout(120)
+
+VIDEO_SIZE = (320, 240)
+VIDEO_FPS = 10
+VIDEO_RECT = [120, 80, 90, 60]
+VIDEO_RUNNING = [(0, 15), (30, 45)]  # seconds; stopped in between
+VIDEO_S = 45
+T0_WALL = 1_700_000_000.0
+T0_MONO = 5000.0
+
+
+def tool_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def run_tool(script: Path, *args: str, timeout: float = 90) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(script), *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT, env=tool_env())
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Scene:
+    """A textured wall, sensor noise, a machine part inside `box` and a person walking outside it."""
+
+    def __init__(self, size: tuple[int, int], box: list[int], seed: int = 11, noise: float = 4.0) -> None:
+        w, h = size
+        rng = np.random.default_rng(seed)
+        self.base = cv2.resize(rng.integers(40, 200, (12, 16, 3)).astype(np.uint8), size, interpolation=cv2.INTER_CUBIC).astype(np.int16)
+        self.noise = [rng.normal(0, noise, (h, w, 3)).astype(np.int16) for _ in range(12)]
+        self.rng = np.random.default_rng(seed + 1)
+        self.size, self.box = size, box
+        self.k = 0
+
+    def frame(self, running: bool) -> np.ndarray:
+        self.k += 1
+        w, h = self.size
+        bx, by, bw, bh = self.box
+        flicker = 2 if self.k % 2 else -2  # mains flicker, far below a brightness jump
+        img = self.base + self.noise[self.k % len(self.noise)] + flicker
+        # The part slides along a sawtooth while running, pausing now and then; stopped, it rests.
+        moves = running and self.rng.random() > 0.05
+        part_w, part_h = max(3, bw // 6), max(3, bh // 3)
+        x = bx + 2 + ((self.k * 5) % (bw - part_w - 4) if moves else 0)
+        y = by + bh // 3
+        img[y:y + part_h, x:x + part_w] = 235
+        # The person walks across the top of the picture, never into the box.
+        px = (self.k * 3) % (w - 10)
+        img[2:max(4, by - 10), px:px + 8] = 25
+        return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def truth(spans):
+    return lambda t: any(a <= t < b for a, b in spans)
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("video") / "press.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), VIDEO_FPS, VIDEO_SIZE)
+    assert writer.isOpened()
+    scene = Scene(VIDEO_SIZE, VIDEO_RECT)
+    is_running = truth(VIDEO_RUNNING)
+    for k in range(VIDEO_S * VIDEO_FPS):
+        writer.write(scene.frame(is_running(k / VIDEO_FPS)))
+    writer.release()
+    return path
+
+
+LABELS = "0-15:running,15-30:stopped,30-45:running"
+
+
+# --- calibrate.py -------------------------------------------------------------------------------
+
+
+def test_calibrate_finds_settings_the_daemon_then_judges_right(video, tmp_path):
+    out, report = tmp_path / "snippet.yaml", tmp_path / "report.json"
+    res = run_tool(CALIBRATE, "--video", video, "--rect", *VIDEO_RECT, "--name", "press1", "--labels", LABELS,
+                   "--ring", "160x120", "--out", out, "--json", report)
+    assert res.returncode == 0, res.stderr
+    data = json.loads(report.read_text())
+    best = data["best"]
+    assert best["efficiency"] >= 0.9 and best["margin"] > 0.2
+    assert data["frames"] == {"running": 300, "stopped": 150}
+    assert len(data["results"]) == 5 * 4 * 3 * 2
+    effs = [r["efficiency"] for r in data["results"]]
+    assert round(effs[0], 3) == round(max(effs), 3)  # sorted best first
+    assert min(effs) < best["efficiency"]  # the grid really differs: some settings are worse
+    assert "efficiency" in res.stdout and "region add press1 120 80 90 60 " in res.stdout
+    assert f"set motion.method {best['method']}" in res.stdout
+    assert not list(tmp_path.glob(".*"))  # written atomically: no temp file left behind
+
+    # The snippet is config the daemon accepts, for the region that was given.
+    config = Config.load(out)
+    region = config.get("motion.regions")[0]
+    assert region["name"] == "press1" and region["rect"] == VIDEO_RECT
+    assert region["min_fraction"] == best["min_fraction"] and 0 < region["min_fraction"] <= 1
+    assert (region["pixel_threshold"], region["blur"], region["dilate"]) == (best["pixel_threshold"], best["blur"], best["dilate"])
+    assert config.get("motion.method") == best["method"]
+
+    # And the daemon's motion component, set up with it, calls the states right within one window.
+    config.set("motion.window_s", 5.0)
+    config.set("motion.log_dir", str(tmp_path / "logs"))
+    bus = EventBus(history=100)
+    events = []
+    bus.subscribe("motion.state", events.append)
+    motion = Motion(config.section("motion"), bus, ComponentStatus("motion"), VIDEO_SIZE, (160, 120))
+    cap = cv2.VideoCapture(str(video))
+    ring = np.empty((120, 160, 3), np.uint8)
+    k = 0
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        cv2.resize(frame, (160, 120), dst=ring, interpolation=cv2.INTER_AREA)
+        t = k / VIDEO_FPS
+        motion.process(ring, FrameMeta(k, T0_WALL + t, T0_MONO + t, dark_score=float(np.mean(ring))), frame)
+        k += 1
+    cap.release()
+    got = [(e.data["old"], e.data["new"], e.data["ts"] - T0_WALL) for e in events]
+    assert [(o, n) for o, n, _ in got] == [("UNKNOWN", "RUNNING"), ("RUNNING", "STOPPED"), ("STOPPED", "RUNNING")]
+    assert 15 <= got[1][2] <= 15 + 5 + 0.5 and 30 <= got[2][2] <= 30 + 5 + 0.5
+
+
+def test_calibrate_ranks_the_current_config_and_takes_fractions(video, tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text("ring:\n  downscale: '160x120'\nmotion:\n  pixel_threshold: 33\n  blur: 3\n  dilate: 1\n")
+    report = tmp_path / "report.json"
+    fractions = [VIDEO_RECT[0] / 320, VIDEO_RECT[1] / 240, VIDEO_RECT[2] / 320, VIDEO_RECT[3] / 240]
+    res = run_tool(CALIBRATE, "--video", video, "--rect", *fractions, "--labels", LABELS, "--config", config,
+                   "--thresholds", "15,40", "--blurs", "5", "--dilates", "2", "--methods", "previous", "--json", report)
+    assert res.returncode == 0, res.stderr
+    data = json.loads(report.read_text())
+    assert data["ring_size"] == [160, 120]  # from --config
+    assert data["region"]["rect"] == fractions and data["region"]["name"] == "region1"
+    current = [r for r in data["results"] if r["current"]]
+    assert len(current) == 1 and (current[0]["pixel_threshold"], current[0]["blur"], current[0]["dilate"]) == (33, 3, 1)
+    assert len(data["results"]) == 3
+    assert "the current setting" in res.stdout
+
+
+@pytest.mark.parametrize("case", ["missing", "not_a_video", "outside", "empty_interval", "bad_labels", "no_region_headless"])
+def test_calibrate_refuses_bad_input_clearly(video, tmp_path, case):
+    out = tmp_path / "snippet.yaml"
+    args = ["--video", video, "--rect", *VIDEO_RECT, "--labels", LABELS, "--out", out]
+    expect = {
+        "missing": "cannot read video",
+        "not_a_video": "cannot read video",
+        "outside": "outside the 320x240 frame",
+        "empty_interval": "no frames in the labelled interval 50-60 s (stopped)",
+        "bad_labels": "bad --labels",
+        "no_region_headless": "--rect X Y W H",
+    }[case]
+    if case == "missing":
+        args[1] = tmp_path / "nope.avi"
+    elif case == "not_a_video":
+        junk = tmp_path / "junk.avi"
+        junk.write_bytes(b"this is not a video\n" * 100)
+        args[1] = junk
+    elif case == "outside":
+        args[3:7] = ["300", "200", "50", "50"]
+    elif case == "empty_interval":
+        args[8] = "0-15:running,50-60:stopped"
+    elif case == "bad_labels":
+        args[8] = "0-15:running,10-20:sleeping"
+    elif case == "no_region_headless":
+        del args[2:7]
+    res = run_tool(CALIBRATE, *args)
+    assert res.returncode == 1, res.stdout
+    assert expect in res.stderr and "Traceback" not in res.stderr
+    assert not out.exists()
+
+
+def test_calibrate_bad_url_exits_with_the_reason(tmp_path):
+    res = run_tool(CALIBRATE, "--url", f"http://127.0.0.1:{free_port()}", "--rect", "10", "10", "50", "50",
+                   "--labels", "0-2:running,2-4:stopped", "--out", tmp_path / "s.yaml")
+    assert res.returncode == 1 and "cannot connect to http://127.0.0.1:" in res.stderr
+    res = run_tool(CALIBRATE, "--url", "ftp://127.0.0.1/x", "--rect", "10", "10", "50", "50")
+    assert res.returncode == 1 and "bad --url" in res.stderr
+    assert not (tmp_path / "s.yaml").exists()
+
+
+# --- live from a daemon's HTTP server -------------------------------------------------------------
+
+
+class LiveCamera:
+    """The daemon's HTTP side on loopback, fed by a scene whose machine runs while `running` is set."""
+
+    FRAME = (320, 240)
+    RING = (160, 120)
+
+    def __init__(self) -> None:
+        config = Config({"mjpeg.bind": "127.0.0.1", "mjpeg.port": 0, "mjpeg.max_fps": 20.0})
+        self.ring = Ring(8, self.RING[1], self.RING[0])
+        self.latest = LatestSlot()
+        self.feed = JpegFeed(config.section("mjpeg"), self.ring, self.latest, ComponentStatus("encoder"))
+        self.server = MjpegServer(config.section("mjpeg"), lambda: ["127.0.0.0/8"], self.feed, self.health, ComponentStatus("mjpeg"))
+        self.scene = Scene(self.FRAME, VIDEO_RECT)
+        self.running = threading.Event()
+        self.first = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="test-camera", daemon=True)
+
+    def health(self) -> dict:
+        return {"camera": {"frame_size": list(self.FRAME)}, "ring": {"frame_size": list(self.RING)}}
+
+    def _run(self) -> None:
+        fid = 0
+        while not self._stop.is_set():
+            frame = self.scene.frame(self.running.is_set())
+            meta = FrameMeta(fid, time.time(), time.monotonic())
+            cv2.resize(frame, self.RING, dst=self.ring.next_slot(), interpolation=cv2.INTER_AREA)
+            self.ring.commit(meta)
+            self.latest.put(frame, meta)
+            self.first.set()
+            fid += 1
+            self._stop.wait(0.05)
+
+    def start(self) -> "LiveCamera":
+        self._thread.start()
+        assert self.first.wait(10)
+        self.feed.start()
+        self.server.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.stop()
+        self.feed.stop()
+        self._stop.set()
+        self._thread.join(5)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.port}"
+
+
+@pytest.fixture(scope="module")
+def camera():
+    cam = LiveCamera().start()
+    yield cam
+    cam.stop()
+
+
+def _wait_for_prompt(proc: subprocess.Popen, seen: list[str]) -> None:
+    for line in proc.stdout:
+        seen.append(line)
+        if "Press Enter to record" in line:
+            return
+    raise AssertionError("calibrate ended before prompting:\n" + "".join(seen) + proc.stderr.read())
+
+
+@pytest.mark.parametrize("via", ["stream", "snapshot"])
+def test_calibrate_live_prompts_for_running_then_stopped(camera, tmp_path, via):
+    out, report = tmp_path / "live.yaml", tmp_path / "live.json"
+    args = [sys.executable, str(CALIBRATE), "--url", camera.url + "/", "--rect", *map(str, VIDEO_RECT), "--name", "press1",
+            "--running-s", "3", "--stopped-s", "3", "--thresholds", "15,25", "--blurs", "0,5", "--dilates", "2",
+            "--out", str(out), "--json", str(report)]
+    if via == "snapshot":
+        args += ["--snapshot", "--fps", "10"]
+    proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=ROOT, env=tool_env())
+    seen: list[str] = []
+    try:
+        _wait_for_prompt(proc, seen)
+        assert "RUN" in "".join(seen[-3:])
+        camera.running.set()  # the user starts the machine, then presses Enter
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        _wait_for_prompt(proc, seen)
+        assert "STOP" in "".join(seen[-3:])
+        camera.running.clear()
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        camera.running.clear()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, stderr
+    data = json.loads(report.read_text())
+    assert data["frame_size"] == [320, 240] and data["ring_size"] == [160, 120]  # read from /health
+    assert data["frames"]["running"] >= 10 and data["frames"]["stopped"] >= 10
+    assert data["best"]["efficiency"] >= 0.9
+    assert Config.load(out).get("motion.regions")[0]["rect"] == VIDEO_RECT
+    assert "nc 127.0.0.1 9999" in stdout
+
+
+def test_calibrate_without_an_answer_on_stdin_says_to_use_labels(camera, tmp_path):
+    proc = subprocess.run([sys.executable, str(CALIBRATE), "--url", camera.url, "--rect", *map(str, VIDEO_RECT),
+                           "--out", str(tmp_path / "s.yaml")], stdin=subprocess.DEVNULL, capture_output=True,
+                          text=True, timeout=60, cwd=ROOT, env=tool_env())
+    assert proc.returncode == 1 and "--labels" in proc.stderr
+    assert not (tmp_path / "s.yaml").exists()
+
+
+def test_page_has_the_region_tool_and_no_external_assets(camera):
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", camera.server.port, timeout=10)
+    conn.request("GET", "/")
+    page = conn.getresponse().read().decode()
+    conn.close()
+    assert 'id="sel"' in page and 'id="cmd"' in page and "region add" in page and 'fetch("health"' in page
+    assert "http://" not in page and "https://" not in page
+    assert_script_parses(page.split("<script>")[1].split("</script>")[0])
+
+
+def assert_script_parses(script: str) -> None:
+    """Syntax-check page JavaScript with node when it is installed (there is no browser here)."""
+    node = shutil.which("node")
+    if not node:
+        return
+    js = Path(os.environ.get("TMPDIR", "/tmp")) / f"picamd-script-{os.getpid()}-{threading.get_ident()}.js"
+    js.write_text(script)
+    try:
+        check = subprocess.run([node, "--check", str(js)], capture_output=True, text=True, timeout=30)
+    finally:
+        js.unlink()
+    assert check.returncode == 0, check.stderr
+
+
+def test_region_meter_measures_like_the_motion_component(tmp_path):
+    """The calibration's measure is the daemon's: same fractions frame by frame."""
+    config = Config({"motion.regions": [{"name": "press1", "rect": VIDEO_RECT}], "motion.log_dir": str(tmp_path / "logs"),
+                     "motion.method": "previous", "motion.pixel_threshold": 15, "motion.blur": 5, "motion.dilate": 2})
+    motion = Motion(config.section("motion"), EventBus(), ComponentStatus("motion"), VIDEO_SIZE, (160, 120))
+    meter = RegionMeter({"name": "press1", "rect": VIDEO_RECT}, VIDEO_SIZE, (160, 120), method="previous",
+                        pixel_threshold=15, blur=5, dilate=2)
+    scene = Scene(VIDEO_SIZE, VIDEO_RECT)
+    ring = np.empty((120, 160, 3), np.uint8)
+    compared = 0
+    for k in range(40):
+        frame = scene.frame(k >= 10)
+        cv2.resize(frame, (160, 120), dst=ring, interpolation=cv2.INTER_AREA)
+        meta = FrameMeta(k, T0_WALL + k / 10, T0_MONO + k / 10, dark_score=float(np.mean(ring)))
+        motion.process(ring, meta, frame)
+        ours = meter.measure(ring, frame)
+        theirs = float(meta.extra["motion"].split("=")[1].split(":")[0])
+        if ours is None:
+            assert k == 0
+            continue
+        assert round(ours, 4) == theirs
+        compared += 1
+    assert compared == 39 and meter.source == "ring"
+    with pytest.raises(ValueError, match="outside"):
+        RegionMeter({"name": "x", "rect": [300, 200, 50, 50]}, VIDEO_SIZE, (160, 120))
+    with pytest.raises(ValueError, match="ring frame"):
+        meter.measure(np.zeros((10, 10, 3), np.uint8))
+
+
+# --- chart.py -------------------------------------------------------------------------------------
+
+CHART_FRAME, CHART_RING = (640, 480), (160, 120)
+PRESS = {"name": "press1", "rect": [160, 120, 160, 120], "machine_id": 7}
+DOOR = {"name": "door", "rect": [480, 320, 120, 120]}
+CHART_RUNNING = [(0, 100), (250, 330)]  # first run 0..420 s; the daemon is then down until 600; second run 600..700 running
+
+
+def _motion(log_dir: Path) -> tuple[Motion, list]:
+    config = Config({"motion.regions": [PRESS, DOOR], "motion.window_s": 10.0, "motion.deep_sleep_s": 60.0,
+                     "motion.log_dir": str(log_dir), "motion.log_max_mb": 0.05, "motion.log_keep": 10})
+    bus = EventBus(history=100)
+    events: list = []
+    bus.subscribe("motion.", events.append)
+    return Motion(config.section("motion"), bus, ComponentStatus("motion"), CHART_FRAME, CHART_RING), events
+
+
+def _feed(motion: Motion, scene: Scene, start: float, seconds: float, running) -> float:
+    fps = 5
+    t = start
+    for k in range(int(seconds * fps)):
+        t = start + k / fps
+        ring = scene.frame(running(t))
+        motion.process(ring, FrameMeta(int(t * fps), T0_WALL + t, T0_MONO + t, dark_score=float(np.mean(ring))))
+    return t
+
+
+@pytest.fixture(scope="module")
+def motion_logs(tmp_path_factory):
+    """Logs written by the real motion component: two runs (a restart in between), rotated files."""
+    log_dir = tmp_path_factory.mktemp("motionlogs") / "logs"
+    scene = Scene(CHART_RING, [40, 30, 40, 30], seed=5, noise=3.0)
+    runs = []
+    for start, seconds, running in ((0.0, 420.0, truth(CHART_RUNNING)), (600.0, 100.0, lambda t: True)):
+        motion, events = _motion(log_dir)
+        motion.start()
+        try:
+            last = _feed(motion, scene, start, seconds, running)
+        finally:
+            motion.stop()
+        assert motion.log.stats()["dropped_queue_full"] == 0
+        runs.append(([e for e in events if e.kind in ("motion.state", "motion.deep_sleep")], T0_WALL + last))
+    return log_dir, runs
+
+
+def expected(runs, region: str, start: float = -1e18, end: float = 1e18):
+    """Utilisation and idle periods worked out from the bus events (independently of chart.py)."""
+    known: dict[str, float] = {}
+    idle: list[list[float]] = []
+    for events, last in runs:
+        mine = [e.data for e in events if e.data["region"] == region]
+        for i, ev in enumerate(mine):
+            a = ev["ts"]
+            b = mine[i + 1]["ts"] if i + 1 < len(mine) else last
+            a, b = max(a, start), min(b, end)
+            if b <= a:
+                continue
+            known[ev["new"]] = known.get(ev["new"], 0.0) + b - a
+            if ev["new"] in ("STOPPED", "DEEP_SLEEP"):
+                if idle and abs(idle[-1][1] - a) < 1e-6:
+                    idle[-1][1] = b
+                else:
+                    idle.append([a, b])
+    total = sum(known.values())
+    return known.get("RUNNING", 0.0) / total, idle
+
+
+def seconds_of(text: str) -> int:
+    """'1h02m' / '2m25s' / '45s' -> seconds (format_duration's forms)."""
+    m = re.fullmatch(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?", text)
+    assert m and text, text
+    d, h, mi, s = (int(g) if g else 0 for g in m.groups())
+    return ((d * 24 + h) * 60 + mi) * 60 + s
+
+
+def section(page: str, region: str) -> str:
+    for part in page.split('<h2 id="r')[1:]:
+        if re.match(rf'\d+">{re.escape(region)}[ :]', part):
+            return part
+    raise AssertionError(f"no section for {region}")
+
+
+def test_chart_draws_the_png_and_reports_utilisation_and_idle_periods(motion_logs, tmp_path):
+    src, runs = motion_logs
+    log_dir = tmp_path / "logs"
+    shutil.copytree(src, log_dir)
+    assert (log_dir / "motion_press1.jsonl.1").exists() and (log_dir / "motion_press1.jsonl.3").exists()
+    # A power cut tears a line, a hand edit breaks others: they are skipped and counted.
+    with open(log_dir / "state_changes.jsonl", "a") as fh:
+        fh.write("garbage\n")
+        fh.write('{"event": "motion.state", "ts": "soon", "region": "press1", "old": "RUNNING", "new": "STOPPED"}\n')
+    with open(log_dir / "deep_sleep.jsonl", "a") as fh:
+        fh.write("[1, 2]\n")
+    with open(log_dir / "motion_press1.jsonl.1", "a") as fh:
+        fh.write('{"ts": 17000')
+    png, page_file = tmp_path / "out" / "motion.png", tmp_path / "out" / "motion.html"
+    res = run_tool(CHART, log_dir, "--utc", "--png", png, "--html", page_file, "--width", "1200")
+    assert res.returncode == 0, res.stderr
+    assert "skipped 4 lines" in res.stderr
+
+    img = cv2.imread(str(png))
+    assert img is not None and img.shape[1] == 1200 and img.shape[0] > 2 * 200
+    for bgr in ((80, 175, 76), (0, 152, 255), (181, 81, 63), (235, 235, 235)):  # RUNNING, STOPPED, DEEP_SLEEP, NO DATA bands
+        assert np.all(img == bgr, axis=2).sum() > 100, bgr
+
+    page = page_file.read_text()
+    assert "http://" not in page and "https://" not in page and "<svg" in page
+    assert "skipped 4 lines" in page
+    utilisation, idle = expected(runs, "press1")
+    shown = re.search(r'data-region="press1">([\d.]+)%<', page)
+    assert shown and abs(float(shown.group(1)) - utilisation * 100) <= 0.06
+    assert 0.4 < utilisation < 0.7  # and close to the truth: 280 s running of ~500 s known
+    assert re.search(r'data-region="door">0\.0%<', page)
+    press = section(page, "press1")
+    rows = re.findall(r'<tr class="idle"><td>([^<]*)</td><td>([^<]*)</td><td class="num dur">([^<]*)</td><td>(yes|no)</td>', press)
+    assert len(rows) == len(idle) == 2
+    for (begin, finish, duration, deep), (a, b) in zip(rows, idle):
+        assert abs(seconds_of(duration) - (b - a)) <= 1
+        assert begin == time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(int(a)))
+    assert rows[0][3] == "yes"  # 150 s stopped passes deep_sleep_s (60 s)
+    first_stop, first_resume = idle[0][0] - T0_WALL, idle[0][1] - T0_WALL
+    assert 100 <= first_stop <= 110 + 1 and 250 <= first_resume <= 260 + 1  # within one window of the truth
+    assert press.count('<tr class="change">') == len([e for events, _ in runs for e in events if e.data["region"] == "press1"])
+    assert "(machine 7)" in press
+    assert_script_parses(page[page.rindex("<script>") + len("<script>"):page.rindex("</script>")])
+
+
+def test_chart_period_and_region_filters(motion_logs, tmp_path):
+    log_dir, runs = motion_logs
+    since, until = T0_WALL + 200, T0_WALL + 380
+    iso = lambda ts: time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts))  # noqa: E731
+    page_file = tmp_path / "part.html"
+    res = run_tool(CHART, log_dir, "--utc", "--region", "press1", "--since", iso(since), "--until", iso(until), "--html", page_file)
+    assert res.returncode == 0, res.stderr
+    page = page_file.read_text()
+    assert 'data-region="door"' not in page
+    utilisation, idle = expected(runs, "press1", since, until)
+    shown = re.search(r'data-region="press1">([\d.]+)%<', page)
+    assert shown and abs(float(shown.group(1)) - utilisation * 100) <= 0.06
+    press = section(page, "press1")
+    rows = re.findall(r'<tr class="idle"><td>([^<]*)</td><td>([^<]*)</td>', press)
+    assert len(rows) == len(idle) == 2
+    assert rows[0][0].endswith("(or earlier)") and rows[1][1].endswith("(still idle)")
+    assert "utilisation" in res.stdout and "press1" in res.stdout
+
+
+def test_chart_with_empty_missing_or_bad_input(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    res = run_tool(CHART, empty, "--html", tmp_path / "x.html")
+    assert res.returncode == 1 and "no motion logs in" in res.stderr and not (tmp_path / "x.html").exists()
+    res = run_tool(CHART, tmp_path / "missing", "--html", tmp_path / "x.html")
+    assert res.returncode == 1 and "is not a folder" in res.stderr
+    res = run_tool(CHART, empty, "--since", "yesterday-ish")
+    assert res.returncode == 2 and "not an ISO date" in res.stderr
+
+    # Files that hold nothing usable: the charts are made and say so.
+    (empty / "motion_press1.jsonl").write_text("")
+    (empty / "state_changes.jsonl").write_text("\n{broken\n")
+    png, page_file = tmp_path / "e.png", tmp_path / "e.html"
+    res = run_tool(CHART, empty, "--png", png, "--html", page_file)
+    assert res.returncode == 0, res.stderr
+    assert "skipped 1 line that is not a valid record (state_changes.jsonl: 1)" in res.stderr
+    assert "no motion records" in res.stderr
+    assert cv2.imread(str(png)) is not None
+    assert "No motion records in this period." in page_file.read_text()
+
