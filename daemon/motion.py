@@ -16,14 +16,52 @@ full-resolution crop when the region is under 24 ring pixels a side):
 grayscale, Gaussian blur (`blur`, an even size taken as the next odd one),
 difference against a running background (`cv2.accumulateWeighted`, so slow
 light changes fade in) or the previous frame (`method`), threshold at
-`pixel_threshold` grey levels, dilate, and count the changed pixels inside the
-region's mask. Regions that lie close together share one grayscale, blurred
-box per frame; buffers are allocated once per region, so the per-frame work
-allocates almost nothing. With the background method a part that stops in a
-new place reads as changed until the background has absorbed it (about
-1/background_alpha frames); the previous-frame method has no such lag but
-misses motion too slow to show between two frames. `RegionMeter` runs this
-same measure for one region outside the daemon (tools/calibrate.py).
+`pixel_threshold` grey levels, dilate (`dilate` iterations of a 3x3 square),
+and count the changed pixels inside the region's mask. With the background
+method a part that stops in a new place reads as changed until the background
+has absorbed it (about 1/background_alpha frames); the previous-frame method
+has no such lag but misses motion too slow to show between two frames.
+`RegionMeter` runs this same measure for one region outside the daemon
+(tools/calibrate.py), with the same results.
+
+How it is computed, and why (figures from bench/motion.py on a 2-core x86;
+a Pi is slower in absolute terms, the proportions hold): each OpenCV call
+costs about 1 us however small its image, and per pixel the blur and the
+grayscale conversion dominate (about 0.5 and 0.25 ns a pixel, against 0.06 ns
+for an absdiff of the BGR crop). So the work is done once per frame for all regions
+that can share it, and each region only counts:
+- Regions measured on the same frame (ring or full) with the same method,
+  blur, threshold and dilation form a group; within a group, regions whose
+  boxes lie close together (the union costs less than separate passes, at
+  about 10000 pixels' worth of fixed cost per pass) share one *pass*: one
+  conversion, blur, difference, background update, threshold and dilation
+  over the union of their boxes. Each region then costs one
+  `cv2.countNonZero` on its view of the result (two calls for a polygon that
+  overlaps another region's box), plus its machine state. Per region and
+  frame, against one absdiff of the region's BGR crop: 8 regions on one
+  machine (overlapping) 1.6-3.5x, 8 side by side 3.7-5.1x (with a pass per
+  region they cost 5.3-9.5x); a region alone still pays a whole pass, 9-14x.
+- Each region's box is grown by the blur radius plus the dilation (and
+  clipped to the frame), so every pixel a region counts is exactly what a
+  pass over the whole frame would give: sharing a pass never changes a
+  region's figures, and `RegionMeter` (a pass of its own) equals the daemon.
+  One consequence at the edges: motion within `dilate` pixels outside a
+  region (inside no mask) spreads into its border by dilation, as it would
+  in the whole frame. `motion.masks` are cut from the difference before the
+  dilation, so masked motion never spreads into a region, and again from the
+  count.
+- `dilate` iterations of 3x3 are one dilation with a (2k+1)-square kernel
+  (identical for a square kernel); a frame with no changed pixel at all
+  (`cv2.hasNonZero`, the common case of a still scene) skips the dilation and
+  the counts. The previous-frame method swaps buffers instead of copying.
+- Kept on purpose: the Gaussian blur (a box blur would be about 2.5x cheaper
+  but changes what `blur` means and how much noise it removes) and the float
+  background (a uint8 running average cannot follow slow light changes at
+  small background_alpha).
+- Buffers are allocated when the regions or settings change, never per frame.
+  A settings change that keeps a pass's box, blur and method (a threshold,
+  the regions inside it) keeps its background; otherwise the pass starts a
+  new background and its regions are not judged for that one frame.
 
 A global brightness jump (the frame's mean, `meta.dark_score`, moving more
 than `brightness_jump` from the previous frame or from its slow average:
@@ -90,7 +128,7 @@ import numpy as np
 
 from .bus import Event, EventBus
 from .commands import Command, Registry, Reply, Session
-from .motionlog import DEEP_SLEEP_LOG, STATE_LOG, MotionLog
+from .motionlog import DEEP_SLEEP_LOG, STATE_LOG, MotionLog, motion_log_name
 from .ring import FrameMeta
 from .status import ComponentStatus
 
@@ -117,6 +155,7 @@ _SEED_HINTS = {
     "ix": "use rect: [x, y, w, h]",
 }
 _EPS = 1e-9
+_PLAN_KEYS = ("motion.method", "motion.blur", "motion.pixel_threshold", "motion.dilate")  # settings that shape the passes
 
 
 # --- regions: parsing and validation ----------------------------------------------------------
@@ -409,13 +448,6 @@ class _Geometry:
             raise ValueError(f"region {spec.name!r}: nothing of it is left once the masks are cut out")
         self.mask = None if full_box else mask  # None: every pixel of the crop counts (no masking work per frame)
 
-    def same_pixels(self, other: "_Geometry") -> bool:
-        if (self.source, self.box, self.ring_box) != (other.source, other.box, other.ring_box):
-            return False
-        if self.mask is None or other.mask is None:
-            return self.mask is None and other.mask is None
-        return bool(np.array_equal(self.mask, other.mask))
-
     def describe(self) -> dict[str, Any]:
         x0, y0, x1, y1 = self.spec.bbox
         return {
@@ -466,23 +498,25 @@ class _Window:
             self.frames = self.moving = 0
             self.fill_start = None
 
-    def add(self, mono: float, moving: bool, window_s: float) -> None:
-        self.expire(mono, window_s)
+    def step(self, mono: float, moving: bool | None, window_s: float, running_fraction: float) -> bool | None:
+        """Take in one frame (moving None: not judged) and give the verdict: True RUNNING, False STOPPED,
+        None while the window has not been judged for a whole window_s."""
         buckets = self.buckets
-        if buckets and 0 <= mono - buckets[-1][0] < window_s / _WINDOW_BUCKETS:
-            last = buckets[-1]
-            last[1] += 1
-            last[2] += moving
-        else:
-            buckets.append([mono, 1, int(moving)])
-        self.frames += 1
-        self.moving += int(moving)
-        if self.fill_start is None:
-            self.fill_start = mono
-
-    def verdict(self, mono: float, window_s: float, running_fraction: float) -> bool | None:
-        """True RUNNING, False STOPPED, None while the window has not been judged for a whole window_s."""
-        if self.fill_start is None or self.frames == 0 or mono - self.fill_start < window_s - _EPS:
+        if buckets and buckets[0][0] < mono - window_s:
+            self.expire(mono, window_s)
+        if moving is not None:
+            if buckets and 0 <= mono - buckets[-1][0] < window_s / _WINDOW_BUCKETS:
+                last = buckets[-1]
+                last[1] += 1
+                last[2] += moving
+            else:
+                buckets.append([mono, 1, int(moving)])
+            self.frames += 1
+            self.moving += int(moving)
+            if self.fill_start is None:
+                self.fill_start = mono
+        fill_start = self.fill_start  # None exactly when the window holds no frame
+        if fill_start is None or mono - fill_start < window_s - _EPS:
             return None
         return self.moving / self.frames > running_fraction
 
@@ -503,150 +537,302 @@ class _Machine:
         self.window = _Window()
 
 
-class _SharedGray:
-    """Grayscale (and blurred) copy of the part of the ring frame that the ring-measured regions cover.
+# --- the measure: one pass per frame over a box that regions with the same settings share -------
 
-    Converting and blurring that box once per frame, instead of once per region,
-    keeps the per-region work down to the differencing itself.
+
+# A pass of its own costs about as much as this many more pixels in a shared one: about 10 us of calls against
+# about 1 ns a pixel (bench/motion.py). Regions closer than that share a pass, farther ones keep their own.
+_PASS_OVERHEAD_PX = 10000
+
+
+@dataclass(frozen=True, slots=True)
+class _Settings:
+    """How a region is measured; regions with equal settings (and source) can share a pass."""
+
+    source: str  # "ring" or "full"
+    blur: int  # 0 (none) or an odd kernel size
+    method: str
+    threshold: int
+    dilate: int
+
+    @classmethod
+    def of(cls, geometry: _Geometry, method: str, blur: int, threshold: int, dilate: int) -> "_Settings":
+        spec = geometry.spec
+        b = blur if spec.blur is None else spec.blur
+        return cls(
+            source=geometry.source,
+            blur=0 if b <= 1 else b | 1,  # an even kernel is taken as the next odd one
+            method=method,
+            threshold=threshold if spec.pixel_threshold is None else spec.pixel_threshold,
+            dilate=dilate if spec.dilate is None else spec.dilate,
+        )
+
+    @property
+    def pad(self) -> int:
+        """Margin around a region that its blurred, dilated pixels depend on."""
+        return self.blur // 2 + self.dilate
+
+
+class _PassPlan:
+    """Where one pass runs (a box of the ring or the full frame), with which settings, and who counts in it.
+
+    Immutable; built on whatever thread changed the config. The box is the union
+    of its regions' boxes, each grown by the settings' pad and clipped to the
+    frame, so every pixel a region counts is computed exactly as if the whole
+    frame were measured: which other regions share the pass changes nothing.
     """
 
-    def __init__(self, box: tuple[int, int, int, int]) -> None:
+    def __init__(self, settings: _Settings, box: tuple[int, int, int, int], geometries: list[_Geometry],
+                 masks: list[list[tuple[float, float]]], frame_size: tuple[int, int], ring_size: tuple[int, int]) -> None:
+        self.settings = settings
         self.box = box
+        self.geometries = tuple(geometries)
         x0, y0, x1, y1 = box
-        self.gray = np.empty((y1 - y0, x1 - x0), np.uint8)
-        self._blurred: dict[int, np.ndarray] = {}
-        self._ready: set[int] = set()
+        self.width, self.height = x1 - x0, y1 - y0
+        self.offsets = tuple((g.box[0] - x0, g.box[1] - y0) for g in geometries)
+        if settings.source == "full":
+            sx = sy = 1.0
+        else:
+            sx, sy = ring_size[0] / frame_size[0], ring_size[1] / frame_size[1]
+        # motion.masks are cut from the difference before dilation, so motion in them cannot spread into a region.
+        block = np.full((self.height, self.width), 255, np.uint8)
+        for poly in masks:
+            cv2.fillPoly(block, [_fixed_points(poly, sx, sy, x0, y0)], 0, lineType=cv2.LINE_8, shift=_SHIFT)
+        self.block_mask = None if cv2.countNonZero(block) == block.size else block
+        # After dilation one AND with the union of the regions' masks makes most counts a single countNonZero;
+        # a region whose box also holds another region's mask pixels needs its own mask as well.
+        self.count_mask: np.ndarray | None = None
+        self.own_mask: tuple[bool, ...] = (False,) * len(geometries)
+        if any(g.mask is not None for g in geometries):
+            union = np.zeros((self.height, self.width), np.uint8)
+            for g, (ox, oy) in zip(geometries, self.offsets):
+                part = union[oy:oy + g.height, ox:ox + g.width]
+                if g.mask is None:
+                    part[:] = 255
+                else:
+                    cv2.bitwise_or(part, g.mask, dst=part)
+            self.count_mask = union
+            self.own_mask = tuple(
+                g.mask is not None and not np.array_equal(union[oy:oy + g.height, ox:ox + g.width], g.mask)
+                for g, (ox, oy) in zip(geometries, self.offsets)
+            )
 
-    def begin(self, ring_frame: np.ndarray) -> None:
+    def describe(self) -> dict[str, Any]:
+        s = self.settings
+        x0, y0, _, _ = self.box
+        return {
+            "measured_on": s.source,
+            "box": [x0, y0, self.width, self.height],  # pixels of the frame measured on, margin included
+            "regions": [g.spec.name for g in self.geometries],
+            "method": s.method,
+            "blur": s.blur,
+            "pixel_threshold": s.threshold,
+            "dilate": s.dilate,
+        }
+
+    @property
+    def reuse_key(self) -> tuple:
+        """Passes with equal keys hold the same background: a change of threshold or regions keeps it."""
+        s = self.settings
+        return (s.source, s.blur, s.method, self.box)
+
+
+def _padded_box(geometry: _Geometry, pad: int, frame_size: tuple[int, int], ring_size: tuple[int, int]) -> tuple[int, int, int, int]:
+    w, h = frame_size if geometry.source == "full" else ring_size
+    x0, y0, x1, y1 = geometry.box
+    return max(0, x0 - pad), max(0, y0 - pad), min(w, x1 + pad), min(h, y1 + pad)
+
+
+def _cluster(boxes: list[tuple[int, int, int, int]]) -> list[list[int]]:
+    """Group boxes into passes: greedily merge the pair that saves the most (union area against separate areas
+    plus the fixed cost of a pass), while a merge saves anything. Regions far apart keep their own passes."""
+    groups = [[i] for i in range(len(boxes))]
+    b = np.array(boxes, np.int64).reshape(-1, 4)
+    while len(groups) > 1:
+        area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+        ux = np.maximum.outer(b[:, 2], b[:, 2]) - np.minimum.outer(b[:, 0], b[:, 0])
+        uy = np.maximum.outer(b[:, 3], b[:, 3]) - np.minimum.outer(b[:, 1], b[:, 1])
+        saving = area[:, None] + area[None, :] + _PASS_OVERHEAD_PX - ux * uy
+        np.fill_diagonal(saving, -1)
+        i, j = np.unravel_index(int(np.argmax(saving)), saving.shape)
+        if saving[i, j] < 0:
+            break
+        i, j = min(i, j), max(i, j)
+        b[i] = (min(b[i, 0], b[j, 0]), min(b[i, 1], b[j, 1]), max(b[i, 2], b[j, 2]), max(b[i, 3], b[j, 3]))
+        groups[i] += groups.pop(j)
+        b = np.delete(b, j, axis=0)
+    return [sorted(g) for g in groups]
+
+
+def _plan_passes(geometries: list[_Geometry], settings: list[_Settings], masks: list[list[tuple[float, float]]],
+                 frame_size: tuple[int, int], ring_size: tuple[int, int]) -> tuple[list[_PassPlan], list[tuple[int, int]]]:
+    """The passes for these regions, and for each region (pass index, index within the pass)."""
+    by_settings: dict[_Settings, list[int]] = {}
+    for i, s in enumerate(settings):
+        by_settings.setdefault(s, []).append(i)
+    plans: list[_PassPlan] = []
+    where: list[tuple[int, int]] = [(0, 0)] * len(geometries)
+    for s, members in by_settings.items():
+        boxes = [_padded_box(geometries[i], s.pad, frame_size, ring_size) for i in members]
+        for group in _cluster(boxes):
+            chosen = [members[k] for k in group]
+            picked = [boxes[k] for k in group]
+            box = (min(p[0] for p in picked), min(p[1] for p in picked), max(p[2] for p in picked), max(p[3] for p in picked))
+            for n, i in enumerate(chosen):
+                where[i] = (len(plans), n)
+            plans.append(_PassPlan(s, box, [geometries[i] for i in chosen], masks, frame_size, ring_size))
+    return plans, where
+
+
+class _Pass:
+    """The buffers and background of one pass, and its work per frame (capture thread only).
+
+    Per frame: grayscale and blur of the box, difference against the
+    background (or previous frame), masks cut, threshold, one dilation with a
+    (2k+1)-square kernel (what k iterations of 3x3 give); then each region
+    only counts the changed pixels in its part of the box.
+    """
+
+    def __init__(self, plan: _PassPlan, frame_size: tuple[int, int], ring_size: tuple[int, int],
+                 previous: "_Pass | None" = None) -> None:
+        self.plan = plan
+        s = plan.settings
+        self.box = plan.box
+        self.source = s.source
+        self.blur = s.blur
+        self.background_method = s.method == "background"
+        self.threshold = s.threshold
+        self.frame_size = frame_size
+        self.block_mask = plan.block_mask
+        self.count_mask = plan.count_mask
+        h, w = plan.height, plan.width
+        if previous is not None and previous.plan.reuse_key == plan.reuse_key:
+            # Same pixels, same blur and method: the background carries over, no frame goes unjudged.
+            self.gray, self.blurred, self.reference = previous.gray, previous.blurred, previous.reference
+            self.background, self.stretched = previous.background, previous.stretched
+            self.needs_baseline, self.path = previous.needs_baseline, previous.path
+        else:
+            self.gray = np.empty((h, w), np.uint8)
+            self.blurred = np.empty((h, w), np.uint8)
+            self.reference = np.empty((h, w), np.uint8)  # background rounded to grey levels, or the previous frame
+            self.background = np.empty((h, w), np.float32) if self.background_method else None
+            self.stretched = np.empty((h, w, 3), np.uint8) if s.source == "full" else None
+            self.needs_baseline = True
+            self.path: str | None = None  # what the background was built from: ring, full or stretched
+        self.diff = np.empty((h, w), np.uint8)
+        self.changed = np.empty((h, w), np.uint8)
+        self.kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (2 * s.dilate + 1,) * 2) if s.dilate > 0 else None
+        self.dilated = np.empty((h, w), np.uint8) if self.kernel is not None else self.changed
+        x0, y0 = self.box[:2]
+        self.views = tuple(self.dilated[oy:oy + g.height, ox:ox + g.width] for g, (ox, oy) in zip(plan.geometries, plan.offsets))
+        self.own = tuple(
+            (g.mask, np.empty_like(g.mask)) if own else None for g, own in zip(plan.geometries, plan.own_mask)
+        )
+        if s.source == "full":
+            # No full frame this time: sample the ring frame on the full frame's grid, pixel centre to pixel centre,
+            # so the background built from full frames stays comparable.
+            sx, sy = ring_size[0] / frame_size[0], ring_size[1] / frame_size[1]
+            self.stretch = np.array([[sx, 0, sx * (x0 + 0.5) - 0.5], [0, sy, sy * (y0 + 0.5) - 0.5]], np.float64)
+        self.measured = False  # this frame was compared (False: the background was (re)built instead)
+        self.changes = False  # this frame has changed pixels anywhere in the box
+
+    def run(self, ring_frame: np.ndarray, full_frame: np.ndarray | None, alpha: float) -> bool:
         x0, y0, x1, y1 = self.box
-        cv2.cvtColor(ring_frame[y0:y1, x0:x1], cv2.COLOR_BGR2GRAY, dst=self.gray)
-        self._ready.clear()
+        if self.source == "ring":
+            crop, path = ring_frame[y0:y1, x0:x1], "ring"
+        elif full_frame is not None and full_frame.shape[1] == self.frame_size[0] and full_frame.shape[0] == self.frame_size[1]:
+            crop, path = full_frame[y0:y1, x0:x1], "full"
+        else:
+            cv2.warpAffine(ring_frame, self.stretch, (x1 - x0, y1 - y0), dst=self.stretched,
+                           flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE)
+            crop, path = self.stretched, "stretched"
+        current = self.gray
+        cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY, dst=current)
+        if self.blur:
+            cv2.GaussianBlur(current, (self.blur, self.blur), 0, dst=self.blurred)
+            current = self.blurred
+        if self.needs_baseline or path != self.path:
+            if self.background is not None:
+                self.background[:] = current
+            np.copyto(self.reference, current)
+            self.needs_baseline = False
+            self.path = path
+            self.measured = self.changes = False
+            return False
+        diff = self.diff
+        cv2.absdiff(current, self.reference, dst=diff)
+        if self.background is not None:
+            cv2.accumulateWeighted(current, self.background, alpha)
+            cv2.convertScaleAbs(self.background, dst=self.reference)
+        elif self.blur:
+            self.blurred, self.reference = self.reference, self.blurred  # this frame is the next one's reference
+        else:
+            self.gray, self.reference = self.reference, self.gray
+        if self.block_mask is not None:
+            cv2.bitwise_and(diff, self.block_mask, dst=diff)
+        cv2.threshold(diff, self.threshold - 1, 255, cv2.THRESH_BINARY, dst=self.changed)
+        self.measured = True
+        self.changes = cv2.hasNonZero(self.changed)
+        if self.changes:  # a still scene, the common case, needs no dilation and no counting
+            if self.kernel is not None:
+                cv2.dilate(self.changed, self.kernel, dst=self.dilated)
+            if self.count_mask is not None:
+                cv2.bitwise_and(self.dilated, self.count_mask, dst=self.dilated)
+        return True
 
-    def get(self, blur: int) -> np.ndarray:
-        if blur <= 1:
-            return self.gray
-        out = self._blurred.get(blur)
-        if out is None:
-            out = self._blurred[blur] = np.empty_like(self.gray)
-        if blur not in self._ready:
-            cv2.GaussianBlur(self.gray, (blur, blur), 0, dst=out)
-            self._ready.add(blur)
-        return out
+    def count(self, index: int) -> int:
+        """Changed pixels (after dilation, inside the region's mask) of the region at `index` in this frame."""
+        if not self.changes:
+            return 0
+        own = self.own[index]
+        if own is None:
+            return cv2.countNonZero(self.views[index])
+        mask, scratch = own
+        cv2.bitwise_and(self.views[index], mask, dst=scratch)
+        return cv2.countNonZero(scratch)
 
-
-def _plan_shared(geometries: Iterable[_Geometry]) -> _SharedGray | None:
-    """One shared grayscale box for the ring-measured regions when they lie close together, else None."""
-    boxes = [g.box for g in geometries if g.source == "ring"]
-    if not boxes:
-        return None
-    union = (min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes), max(b[3] for b in boxes))
-    union_area = (union[2] - union[0]) * (union[3] - union[1])
-    own_area = sum((b[2] - b[0]) * (b[3] - b[1]) for b in boxes)
-    # Regions far apart would make the box mostly pixels nobody looks at: then each converts its own crop.
-    return _SharedGray(union) if union_area <= 1.5 * own_area else None
+    def rebaseline(self) -> None:
+        self.needs_baseline = True
 
 
 class _Region:
-    """Buffers, background and last measure of one region (owned by the capture thread)."""
+    """One region on the capture thread: its geometry, its pass, its machine state and last measure."""
+
+    __slots__ = ("geometry", "spec", "machine", "window", "pas", "index", "view", "own_mask", "area", "pixel_scale",
+                 "running_fraction", "label", "log_name", "fraction", "pixels", "moving", "settling")
 
     def __init__(self, geometry: _Geometry, machine: _Machine) -> None:
-        self.geometry = geometry
-        self.spec = geometry.spec
         self.machine = machine
-        h, w = geometry.height, geometry.width
-        self.gray = np.empty((h, w), np.uint8)
-        self.blurred = np.empty((h, w), np.uint8)
-        self.reference = np.empty((h, w), np.uint8)  # background (rounded) or previous frame
-        self.background = np.empty((h, w), np.float32)
-        self.diff = np.empty((h, w), np.uint8)
-        self.changed = np.empty((h, w), np.uint8)
-        self.dilated = np.empty((h, w), np.uint8)
-        self.upscaled = np.empty((h, w, 3), np.uint8) if geometry.source == "full" else None
-        self.shared_offset: tuple[int, int] | None = None  # where the crop lies in the shared gray box, if used
-        self.needs_baseline = True
-        self.baseline_key: tuple | None = None  # (blur, method, path) the background was built with
+        self.window = machine.window
+        self.pas: _Pass | None = None
+        self.index = 0
+        self.view: np.ndarray | None = None
+        self.own_mask: tuple[np.ndarray, np.ndarray] | None = None
         self.fraction = 0.0
         self.pixels = 0
         self.moving: bool | None = None
         self.settling = False
+        self.bind(geometry)
 
-    def use_shared(self, shared: _SharedGray | None) -> None:
-        g = self.geometry
-        if shared is None or g.source != "ring":
-            self.shared_offset = None
-        else:
-            self.shared_offset = (g.box[0] - shared.box[0], g.box[1] - shared.box[1])
+    def use(self, pas: _Pass, index: int) -> None:
+        """Count in `pas` as its region number `index` (the view and mask are looked up once, not per frame)."""
+        self.pas, self.index = pas, index
+        self.view, self.own_mask = pas.views[index], pas.own[index]
 
-    def current(self, ring_frame: np.ndarray, full_frame: np.ndarray | None, frame_size: tuple[int, int],
-                shared: _SharedGray | None, blur: int) -> tuple[np.ndarray, Any]:
-        """This frame's grayscale, blurred crop of the region, and which path made it."""
-        g = self.geometry
-        if self.shared_offset is not None and shared is not None:
-            ox, oy = self.shared_offset
-            # The box's size is part of the path: blurred borders differ when the box changes.
-            return shared.get(blur)[oy:oy + g.height, ox:ox + g.width], shared.box
-        x0, y0, x1, y1 = g.box
-        if g.source == "full":
-            if full_frame is not None and full_frame.shape[1] == frame_size[0] and full_frame.shape[0] == frame_size[1]:
-                crop = full_frame[y0:y1, x0:x1]
-                path = "full"
-            else:
-                # No full frame this time: stretch the ring crop to the same grid so the background stays valid.
-                rx0, ry0, rx1, ry1 = g.ring_box
-                cv2.resize(ring_frame[ry0:ry1, rx0:rx1], (g.width, g.height), dst=self.upscaled, interpolation=cv2.INTER_LINEAR)
-                crop = self.upscaled
-                path = "stretched"
-        else:
-            crop = ring_frame[y0:y1, x0:x1]
-            path = "ring"
-        cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY, dst=self.gray)
-        if blur <= 1:
-            return self.gray, path
-        cv2.GaussianBlur(self.gray, (blur, blur), 0, dst=self.blurred)
-        return self.blurred, path
+    def bind(self, geometry: _Geometry) -> None:
+        self.geometry = geometry
+        self.spec = geometry.spec
+        self.area = geometry.area
+        self.pixel_scale = geometry.pixel_scale
+        self.running_fraction = geometry.spec.running_fraction  # None: the global one
+        self.label = geometry.spec.name + "="  # X-Motion: name=FRACTION:STATE
+        self.log_name = motion_log_name(geometry.spec.file_stem)
 
-    def compare(self, current: np.ndarray, key: tuple, method: str, alpha: float, threshold: int, dilate: int) -> int | None:
-        """Changed pixels (of the measured crop) in this frame, or None when the background was (re)built instead."""
-        if self.needs_baseline or key != self.baseline_key:
-            self.background[:] = current
-            np.copyto(self.reference, current)
-            self.needs_baseline = False
-            self.baseline_key = key
-            return None
-        cv2.absdiff(current, self.reference, dst=self.diff)
-        if method == "background":
-            cv2.accumulateWeighted(current, self.background, alpha)
-            cv2.convertScaleAbs(self.background, dst=self.reference)
-        else:
-            np.copyto(self.reference, current)
-        mask = self.geometry.mask
-        if mask is not None:
-            # Before dilation, so motion in a masked area cannot spread into the region.
-            cv2.bitwise_and(self.diff, mask, dst=self.diff)
-        cv2.threshold(self.diff, threshold - 1, 255, cv2.THRESH_BINARY, dst=self.changed)
-        changed = cv2.countNonZero(self.changed)
-        if dilate <= 0 or changed == 0:
-            return changed  # nothing to dilate: the common case of a still scene
-        cv2.dilate(self.changed, None, dst=self.dilated, iterations=dilate)
-        if mask is not None:
-            cv2.bitwise_and(self.dilated, mask, dst=self.dilated)
-        return cv2.countNonZero(self.dilated)
 
-    def measure(self, ring_frame: np.ndarray, full_frame: np.ndarray | None, frame_size: tuple[int, int],
-                shared: _SharedGray | None, method: str, alpha: float, blur: int, threshold: int, dilate: int) -> bool:
-        """Measure one frame into `fraction` and `pixels`; False (and 0, 0) when it (re)built the background instead."""
-        blur = 0 if blur <= 1 else blur | 1  # an even kernel is taken as the next odd one
-        current, path = self.current(ring_frame, full_frame, frame_size, shared, blur)
-        changed = self.compare(current, (blur, method, path), method, alpha, threshold, dilate)
-        if changed is None:
-            self.fraction, self.pixels = 0.0, 0
-            return False
-        self.fraction = changed / self.geometry.area
-        self.pixels = round(changed * self.geometry.pixel_scale)
-        return True
-
-    def rebaseline(self) -> None:
-        self.needs_baseline = True
+def _build_passes(plans: list[_PassPlan], old: Iterable[_Pass], frame_size: tuple[int, int],
+                  ring_size: tuple[int, int]) -> list[_Pass]:
+    previous = {p.plan.reuse_key: p for p in old}
+    return [_Pass(plan, frame_size, ring_size, previous.pop(plan.reuse_key, None)) for plan in plans]
 
 
 class RegionMeter:
@@ -659,8 +845,10 @@ class RegionMeter:
     frame's, which decide, as in the daemon, whether the region is measured on
     the ring frame or on a crop of the full frame. The region's own
     pixel_threshold, blur and dilate win over the arguments, as in the daemon.
-    There is no machine state and no brightness-jump handling here: feed
-    frames in order and read the changed fraction.
+    The fractions equal the daemon's whatever other regions it watches (a
+    region's count does not depend on the pass it shares). There is no machine
+    state and no brightness-jump handling here: feed frames in order and read
+    the changed fraction.
     """
 
     def __init__(self, region: dict[str, Any], frame_size: tuple[int, int], ring_size: tuple[int, int],
@@ -671,46 +859,52 @@ class RegionMeter:
         self.frame_size = (int(frame_size[0]), int(frame_size[1]))
         self.ring_size = (int(ring_size[0]), int(ring_size[1]))
         spec = parse_regions([region], self.frame_size)[0]
-        geometry = _Geometry(spec, parse_masks(masks or [], self.frame_size), self.frame_size, self.ring_size)
-        self._region = _Region(geometry, _Machine())
+        parsed_masks = parse_masks(masks or [], self.frame_size)
+        self._geometry = _Geometry(spec, parsed_masks, self.frame_size, self.ring_size)
         self.spec = spec
         self.method = method
         self.alpha = float(alpha)
         self.blur = int(blur if spec.blur is None else spec.blur)
         self.pixel_threshold = int(pixel_threshold if spec.pixel_threshold is None else spec.pixel_threshold)
         self.dilate = int(dilate if spec.dilate is None else spec.dilate)
+        settings = _Settings.of(self._geometry, method, self.blur, self.pixel_threshold, self.dilate)
+        plans, _ = _plan_passes([self._geometry], [settings], parsed_masks, self.frame_size, self.ring_size)
+        self._pass = _Pass(plans[0], self.frame_size, self.ring_size)
+        self._pixels = 0
         self._ring_shape = (self.ring_size[1], self.ring_size[0], 3)
 
     @property
     def source(self) -> str:
         """'ring' or 'full': which frame the region is measured on."""
-        return self._region.geometry.source
+        return self._geometry.source
 
     @property
     def measured_pixels(self) -> int:
         """Pixels of the region in the measured frame: one changed pixel is 1/measured_pixels of the region."""
-        return int(self._region.geometry.area)
+        return int(self._geometry.area)
 
     @property
     def pixels(self) -> int:
         """Changed pixels of the last frame, at full-frame scale (what min_pixels is compared with)."""
-        return self._region.pixels
+        return self._pixels
 
     def describe(self) -> dict[str, Any]:
-        return self._region.geometry.describe()
+        return self._geometry.describe()
 
     def measure(self, ring_frame: np.ndarray, full_frame: np.ndarray | None = None) -> float | None:
         """The changed fraction of the region in this frame, or None when the frame (re)built the background."""
         if ring_frame.shape != self._ring_shape or ring_frame.dtype != np.uint8:
             raise ValueError(f"ring frame is {ring_frame.shape} {ring_frame.dtype}, expected {self._ring_shape} uint8")
-        region = self._region
-        measured = region.measure(ring_frame, full_frame, self.frame_size, None, self.method, self.alpha,
-                                  self.blur, self.pixel_threshold, self.dilate)
-        return region.fraction if measured else None
+        if not self._pass.run(ring_frame, full_frame, self.alpha):
+            self._pixels = 0
+            return None
+        changed = self._pass.count(0)
+        self._pixels = round(changed * self._geometry.pixel_scale)
+        return changed / self._geometry.area
 
     def rebaseline(self) -> None:
         """Start the background again from the next frame (after a gap in the frames)."""
-        self._region.rebaseline()
+        self._pass.rebaseline()
 
 
 def format_duration(seconds: float) -> str:
@@ -774,12 +968,15 @@ class Motion:
         self._problems: dict[str, str] = {}
         self._edit_lock = threading.Lock()  # region add/del: read-modify-write of motion.regions
         self._compile_lock = threading.Lock()
-        # Geometry handover: (version, geometries, errors) built on whatever thread changed the config,
-        # installed by the capture thread on its next frame. One attribute swap, no lock on the hot path.
-        self._incoming: tuple[int, tuple[_Geometry, ...], tuple[str, ...]] = (0, (), ())
+        # Geometry handover: (version, geometries, errors, pass plans, each region's place in them) built on
+        # whatever thread changed the config, installed by the capture thread on its next frame (which allocates
+        # the passes' buffers). One attribute swap, no lock on the hot path.
+        self._incoming: tuple[int, tuple[_Geometry, ...], tuple[str, ...], tuple[_PassPlan, ...], tuple[tuple[int, int], ...]] = (
+            0, (), (), (), ())
         self._installed_version = -1
         self._regions: tuple[_Region, ...] = ()
-        self._shared: _SharedGray | None = None
+        self._passes: tuple[_Pass, ...] = ()
+        self._compiled: tuple[tuple[_Geometry, ...], list, tuple[str, ...]] = ((), [], ())
         self._region_errors: tuple[str, ...] = ()
         self._reset_requests: collections.deque[str] = collections.deque(maxlen=16)  # bounded while disabled
         self._settle_until = -math.inf
@@ -826,50 +1023,60 @@ class Motion:
         self._params = _Params.read(self._cfg)
         if name in ("motion.regions", "motion.masks"):
             self._prepare(self._cfg.regions, self._cfg.masks)
+        elif name in _PLAN_KEYS:
+            with self._compile_lock:
+                self._publish_plan()
 
     def _prepare(self, raw_regions: Any, raw_masks: Any) -> None:
         """Validate and compile the regions (on the thread that changed the config) for the capture thread to install."""
-        errors: list[str] = []
-        try:
-            masks = parse_masks(raw_masks, self.frame_size)
-        except ValueError as exc:
-            errors.append(str(exc) + " (masks ignored)")
-            masks = []
-        geometries: list[_Geometry] = []
-        specs: list[RegionSpec] = []
-        for i, item in enumerate(raw_regions if isinstance(raw_regions, list) else []):
-            try:
-                spec = _parse_region(item, self.frame_size, i)
-                _check_unique([*specs, spec])
-                geometries.append(_Geometry(spec, masks, self.frame_size, self.ring_size))
-                specs.append(spec)
-            except ValueError as exc:
-                errors.append(f"{exc} (region skipped)")
-        for err in errors:
-            log.error("motion: %s", err)
         with self._compile_lock:
-            version = self._incoming[0] + 1
-            self._incoming = (version, tuple(geometries), tuple(errors))
+            errors: list[str] = []
+            try:
+                masks = parse_masks(raw_masks, self.frame_size)
+            except ValueError as exc:
+                errors.append(str(exc) + " (masks ignored)")
+                masks = []
+            geometries: list[_Geometry] = []
+            specs: list[RegionSpec] = []
+            for i, item in enumerate(raw_regions if isinstance(raw_regions, list) else []):
+                try:
+                    spec = _parse_region(item, self.frame_size, i)
+                    _check_unique([*specs, spec])
+                    geometries.append(_Geometry(spec, masks, self.frame_size, self.ring_size))
+                    specs.append(spec)
+                except ValueError as exc:
+                    errors.append(f"{exc} (region skipped)")
+            for err in errors:
+                log.error("motion: %s", err)
+            self._compiled = (tuple(geometries), masks, tuple(errors))
+            self._publish_plan()
+
+    def _publish_plan(self) -> None:
+        """Plan the passes for the compiled regions and the current settings (caller holds _compile_lock)."""
+        geometries, masks, errors = self._compiled
+        p = _Params.read(self._cfg)
+        settings = [_Settings.of(g, p.method, p.blur, p.threshold, p.dilate) for g in geometries]
+        plans, where = _plan_passes(list(geometries), settings, masks, self.frame_size, self.ring_size)
+        self._incoming = (self._incoming[0] + 1, geometries, errors, tuple(plans), tuple(where))
 
     def _install_pending(self) -> None:
-        version, geometries, errors = self._incoming
+        version, geometries, errors, plans, where = self._incoming
         if version == self._installed_version:
             return
+        passes = _build_passes(list(plans), self._passes, self.frame_size, self.ring_size)
         old = {r.spec.name: r for r in self._regions}
         installed = []
-        for g in geometries:
-            prev = old.pop(g.spec.name, None)
-            if prev is not None and prev.geometry.same_pixels(g):
-                prev.geometry, prev.spec = g, g.spec  # thresholds or ids may have changed; buffers stay valid
-                installed.append(prev)
+        for g, (pass_index, member) in zip(geometries, where):
+            region = old.pop(g.spec.name, None)
+            if region is None:
+                region = _Region(g, _Machine())
             else:
-                installed.append(_Region(g, prev.machine if prev is not None else _Machine()))
+                region.bind(g)  # the machine state stays with the name
+            region.use(passes[pass_index], member)
+            installed.append(region)
         for gone in old.values():
             self.log.close_file(gone.spec.file_stem)
-        shared = _plan_shared(geometries)
-        for region in installed:
-            region.use_shared(shared)
-        self._shared = shared
+        self._passes = tuple(passes)
         self._regions = tuple(installed)
         self._region_errors = errors
         self._installed_version = version
@@ -892,8 +1099,8 @@ class Motion:
         self._settle_until = max(self._settle_until, mono + settle_s)
         self.resets += 1
         self.last_reset = {"reason": reason, "ts": round(time.time(), 3)}
-        for region in self._regions:
-            region.rebaseline()
+        for pas in self._passes:
+            pas.rebaseline()
         if already:
             log.debug("motion: background reset again (%s) while settling", reason)
         else:
@@ -926,8 +1133,8 @@ class Motion:
             raise ValueError(f"frame {meta.frame_id} is older than the previous one (mono {mono:.3f} < {self._last_mono:.3f})")
         if self._disabled:
             self._disabled = False
-            for region in self._regions:
-                region.rebaseline()  # the background is stale after a pause
+            for pas in self._passes:
+                pas.rebaseline()  # the background is stale after a pause
         self._last_mono = mono
         self._last_frame_id = meta.frame_id
         self.frames += 1
@@ -957,54 +1164,53 @@ class Motion:
         if not regions:
             meta.extra.pop("motion", None)
             return
-        shared = self._shared
-        if shared is not None:
-            shared.begin(ring_frame)
+        alpha = p.alpha
+        for pas in self._passes:
+            if settling:
+                pas.needs_baseline = True
+            pas.run(ring_frame, full_frame, alpha)
+        # Per region only a count and the machine state: keep this loop lean, it runs regions x frames.
         parts = []
-        frame_log = self.log.frame
+        records = []
+        ts, frame_id = meta.ts, meta.frame_id
+        window_s, running_fraction, deep_sleep_s = p.window_s, p.running_fraction, p.deep_sleep_s
         for region in regions:
             spec = region.spec
-            if settling:
-                region.rebaseline()
-            measured = region.measure(
-                ring_frame, full_frame, self.frame_size, shared, p.method, p.alpha,
-                p.blur if spec.blur is None else spec.blur,
-                p.threshold if spec.pixel_threshold is None else spec.pixel_threshold,
-                p.dilate if spec.dilate is None else spec.dilate,
-            )
-            if not measured:
-                region.moving = None
-            elif spec.min_pixels is not None:
-                region.moving = region.pixels >= spec.min_pixels
+            pas = region.pas
+            if pas.measured:
+                if not pas.changes:
+                    changed = 0
+                elif region.own_mask is None:
+                    changed = cv2.countNonZero(region.view)
+                else:
+                    changed = pas.count(region.index)
+                fraction = changed / region.area
+                pixels = round(changed * region.pixel_scale)
+                moving = pixels >= spec.min_pixels if spec.min_pixels is not None else fraction >= spec.min_fraction
             else:
-                region.moving = region.fraction >= spec.min_fraction
-            region.settling = settling
-            self._judge(region, meta, mono, p.window_s, p.running_fraction if spec.running_fraction is None else spec.running_fraction, p.deep_sleep_s)
-            state = region.machine.state
-            parts.append(f"{spec.name}={region.fraction:.4f}:{SETTLING if settling else state}")
-            frame_log(spec.file_stem, (meta.ts, meta.frame_id, spec.name, region.fraction, region.pixels, region.moving, state, settling))
+                fraction, pixels, moving = 0.0, 0, None
+            region.fraction, region.pixels, region.moving, region.settling = fraction, pixels, moving, settling
+            machine = region.machine
+            if machine.since is None:
+                machine.since = mono
+            verdict = region.window.step(mono, moving, window_s, region.running_fraction or running_fraction)
+            state = machine.state
+            if verdict is True:
+                if state != RUNNING:
+                    state = self._change(region, RUNNING, meta, mono)
+            elif verdict is False and (state == RUNNING or state == UNKNOWN):
+                state = self._change(region, STOPPED, meta, mono)
+            if state == STOPPED and mono - machine.stopped_since >= deep_sleep_s:
+                state = self._change(region, DEEP_SLEEP, meta, mono)
+            parts.append(f"{region.label}{fraction:.4f}:{SETTLING if settling else state}")
+            records.append((region.log_name, ts, frame_id, spec.name, fraction, pixels, moving, state, settling))
+        self.log.frames(records)
         meta.extra["motion"] = ";".join(parts)
         if settling:
             meta.extra["motion_settling"] = True
 
-    def _judge(self, region: _Region, meta: FrameMeta, mono: float, window_s: float, running_fraction: float, deep_sleep_s: float) -> None:
-        machine = region.machine
-        if machine.since is None:
-            machine.since = mono
-        window = machine.window
-        if region.moving is None:
-            window.expire(mono, window_s)
-        else:
-            window.add(mono, region.moving, window_s)
-        verdict = window.verdict(mono, window_s, running_fraction)
-        if verdict is True and machine.state != RUNNING:
-            self._change(region, RUNNING, meta, mono)
-        elif verdict is False and machine.state in (RUNNING, UNKNOWN):
-            self._change(region, STOPPED, meta, mono)
-        if machine.state == STOPPED and machine.stopped_since is not None and mono - machine.stopped_since >= deep_sleep_s:
-            self._change(region, DEEP_SLEEP, meta, mono)
-
-    def _change(self, region: _Region, new: str, meta: FrameMeta, mono: float) -> None:
+    def _change(self, region: _Region, new: str, meta: FrameMeta, mono: float) -> str:
+        """Move the region's machine to `new`: log, event, state log. Returns `new`."""
         machine, spec = region.machine, region.spec
         old = machine.state
         duration = mono - (machine.since if machine.since is not None else mono)
@@ -1044,10 +1250,11 @@ class Motion:
             log.info("%s: %s -> %s after %s %s", who, old, new, format_duration(duration), old.lower())
         if new == DEEP_SLEEP:
             self._publish("motion.deep_sleep", data, DEEP_SLEEP_LOG)
-            return
+            return new
         self._publish("motion.state", data, STATE_LOG)
         if old == DEEP_SLEEP:
             self._publish("motion.wake", data, DEEP_SLEEP_LOG)
+        return new
 
     def _publish(self, kind: str, data: dict[str, Any], log_file: str) -> None:
         self.log.event(log_file, {"event": kind, **data})
@@ -1165,6 +1372,7 @@ class Motion:
             "regions": self._cfg.regions,
             "masks": self._cfg.masks,
             "active": [r.geometry.describe() for r in regions],
+            "passes": [p.plan.describe() for p in self._passes],
             "errors": list(self._region_errors),
         }
         return Reply(True, f"{len(regions)} regions active" + (f", {len(self._region_errors)} refused" if self._region_errors else ""), body=body)

@@ -1,16 +1,18 @@
 """Background writer of the motion logs (JSON lines, rotated by size).
 
-The capture loop only appends records to a bounded deque (`frame`, `event`:
-no lock, no wake-up, a fraction of a microsecond); the thread
-`picamd-motionlog` collects them a few times a second, formats them, appends
-them to their files under
-the log folder and rotates a file when it would grow past the size cap:
-`motion_press1.jsonl` becomes `motion_press1.jsonl.1`, `.1` becomes `.2` and
-so on, keeping `keep` old files. When the queue is full (a very slow SD card)
-records are dropped and counted, never waited for. When the folder cannot be
-written (disk full, permissions) the records of the next few seconds are
-dropped and counted, the problem is reported through `on_problem`, and writing
-is tried again every `retry_s`; `on_problem(None)` says it works again.
+The capture loop only appends to a bounded deque (`frames`: one entry per
+frame holding every region's record; `event`: no lock, no wake-up, a fraction
+of a microsecond); the thread `picamd-motionlog` collects the entries a few
+times a second, formats them, appends them to their files under the log folder
+and rotates a file when it would grow past the size cap: `motion_press1.jsonl`
+becomes `motion_press1.jsonl.1`, `.1` becomes `.2` and so on, keeping `keep`
+old files. The bound (`queue_size`) counts records whatever the number of
+regions; `stats()["queued"]` counts entries. When the queue is full (a very
+slow SD card) records are dropped and counted, never waited for. When the
+folder cannot be written (disk full, permissions) the records of the next few
+seconds are dropped and counted, the problem is reported through `on_problem`,
+and writing is tried again every `retry_s`; `on_problem(None)` says it works
+again.
 
 The line formats are described in `daemon/motion.py`.
 """
@@ -80,9 +82,17 @@ class MotionLog:
         self.rotations = 0
 
     # -- producer side (the capture loop): never blocks
-    def frame(self, file_stem: str, record: tuple) -> None:
-        """One per-frame measure: (ts, frame_id, region, fraction, pixels, moving, state, settling)."""
-        self._put(("frame", motion_log_name(file_stem), record))
+    def frames(self, records: list[tuple]) -> None:
+        """One frame's measures of every region, as one queue entry: each record is
+        (file name from `motion_log_name`, ts, frame_id, region, fraction, pixels, moving, state, settling).
+
+        The queue bound counts records, so many regions cannot make it hold more lines than one region would.
+        """
+        n = len(records)
+        if (len(self._queue) + 1) * n > self._capacity and self._queue:
+            self.dropped_full += n
+        else:
+            self._queue.append(("frames", "", records))
 
     def event(self, file_name: str, record: dict[str, Any]) -> None:
         self._put(("event", file_name, record))
@@ -161,8 +171,11 @@ class MotionLog:
             if kind == "close":
                 self._close(name)
                 continue
-            record = _frame_record(payload) if kind == "frame" else payload
-            lines.setdefault(name, []).append(json.dumps(record, separators=(",", ":"), default=str).encode() + b"\n")
+            if kind == "frames":
+                for record in payload:
+                    lines.setdefault(record[0], []).append(_line(_frame_record(record[1:])))
+                continue
+            lines.setdefault(name, []).append(_line(payload))
         if not lines:
             return
         if self._failing is not None and time.monotonic() < self._retry_at:
@@ -251,6 +264,10 @@ class MotionLog:
     def _close_all(self) -> None:
         for name in list(self._files):
             self._close(name)
+
+
+def _line(record: dict[str, Any]) -> bytes:
+    return json.dumps(record, separators=(",", ":"), default=str).encode() + b"\n"
 
 
 def _frame_record(record: tuple) -> dict[str, Any]:

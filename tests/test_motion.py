@@ -20,7 +20,7 @@ import pytest
 from daemon.bus import EventBus
 from daemon.commands import Registry, Session
 from daemon.config import Config, ConfigError
-from daemon.motion import Motion, check_regions, format_duration, parse_masks, parse_regions
+from daemon.motion import Motion, RegionMeter, check_regions, format_duration, parse_masks, parse_regions
 from daemon.ring import FrameMeta
 from daemon.status import ComponentStatus
 
@@ -718,15 +718,184 @@ def test_events_carry_machine_id_and_the_region_webhook(tmp_path):
     assert all(isinstance(d["frame_id"], int) and 0 <= d["window_moving"] <= 1 for d in data)
 
 
-def test_shared_and_own_crops_measure_the_same(tmp_path):
-    # Alone, press1 shares the one grayscale box; next to a far-away tiny region each converts its own crop.
-    alone, *_ = make(tmp_path / "a", [PRESS])
-    apart, *_ = make(tmp_path / "b", [PRESS, {"name": "corner", "rect": [480, 360, 160, 120]}])
-    assert alone._shared is not None and apart._shared is None
-    a = run(alone, Scene(), 6, 5, lambda t: True)
-    b = run(apart, Scene(), 6, 5, lambda t: True)
-    assert [fraction_of(m, "press1") for m in a] == [fraction_of(m, "press1") for m in b]
-    assert max(fraction_of(m, "press1") for m in a) > 0.05
+# --- the shared pass: what it computes, and that sharing changes nothing ------------------------------
+
+
+def reference_counts(frames, rects, *, blur=5, threshold=25, dilate=2, alpha=0.05, method="background", masks=()):
+    """The measure done the plain way on the whole ring frame, frame by frame: grey, blur, difference against the
+    running background (or the previous frame), masks cut, threshold, `dilate` iterations of a 3x3 square, then
+    the changed pixels counted inside each region's rect (ring pixels), masks cut again. None on the first frame."""
+    keep = np.full((RING[1], RING[0]), 255, np.uint8)
+    for mx, my, mw, mh in masks:  # full-frame pixels, as motion.masks; rasterised the way the daemon does
+        corners = [(mx, my), (mx + mw, my), (mx + mw, my + mh), (mx, my + mh)]
+        pts = np.array([[round(x * RING[0] / FRAME[0] * 16), round(y * RING[1] / FRAME[1] * 16)] for x, y in corners], np.int32)
+        cv2.fillPoly(keep, [pts], 0, lineType=cv2.LINE_8, shift=4)
+    out = []
+    background = reference = None
+    for frame in frames:
+        grey = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
+        if blur:
+            grey = cv2.GaussianBlur(grey, (blur, blur), 0)
+        if reference is None:
+            background, reference = grey.astype(np.float32), grey.copy()
+            out.append(None)
+            continue
+        diff = cv2.absdiff(grey, reference)
+        if method == "background":
+            cv2.accumulateWeighted(grey, background, alpha)
+            reference = cv2.convertScaleAbs(background)
+        else:
+            reference = grey
+        changed = np.where((diff >= threshold) & (keep > 0), 255, 0).astype(np.uint8)
+        if dilate:
+            changed = cv2.dilate(changed, np.ones((3, 3), np.uint8), iterations=dilate)
+        changed &= keep
+        out.append([int(np.count_nonzero(changed[y // 4:(y + h) // 4, x // 4:(x + w) // 4])) for x, y, w, h in rects])
+    return out
+
+
+# Overlapping, adjacent, at the frame's corner and on its bottom edge: all of them around the moving part.
+SHARED_RECTS = [(160, 120, 160, 120), (200, 100, 120, 120), (320, 120, 100, 120), (0, 0, 160, 120), (120, 240, 200, 240)]
+
+
+@pytest.mark.parametrize("method, blur, dilate", [("background", 5, 2), ("previous", 5, 2), ("background", 0, 0),
+                                                  ("previous", 0, 3), ("background", 3, 1)])
+def test_shared_pass_counts_what_the_whole_frame_gives(tmp_path, method, blur, dilate):
+    masks = [(240, 160, 40, 40)]  # a mask inside "a" and "b", right where the part moves
+    regions = [{"name": n, "rect": list(r), "min_pixels": 1} for n, r in zip("abcde", SHARED_RECTS)]
+    motion, *_ = make(tmp_path, regions, method=method, blur=blur, dilate=dilate,
+                      masks=[{"rect": list(m)} for m in masks])
+    passes = commands(motion).dispatch("regions").body["passes"]
+    assert len(passes) == 1 and passes[0]["regions"] == list("abcde")  # close together: one pass for all
+    scene = Scene(hiccups=False)
+    frames = [scene.ring(True) for _ in range(12)]
+    expected = reference_counts(frames, SHARED_RECTS, blur=blur, dilate=dilate, method=method, masks=masks)
+    for k, frame in enumerate(frames):
+        motion.process(frame, FrameMeta(frame_id=k, ts=T0_WALL + k / 5, mono=T0_MONO + k / 5, dark_score=dark(frame)))
+        h = motion.health()["regions"]
+        if expected[k] is None:
+            assert all(h[n]["moving"] is None for n in "abcde")
+            continue
+        # 16 full-frame pixels per ring pixel
+        assert [h[n]["pixels"] for n in "abcde"] == [16 * c for c in expected[k]], k
+    assert max(expected[-1]) > 0 and motion.status.ok
+
+
+def test_sharing_a_pass_changes_no_region_figure(tmp_path):
+    """Each region measured alone (RegionMeter) gives exactly what the daemon gives while it shares a pass with
+    others: polygons, masks and full-frame crops included."""
+    masks = [{"rect": [300, 150, 30, 30]}, {"polygon": [[100, 300], [180, 300], [140, 360]]}]
+    regions = [
+        dict(PRESS),
+        {"name": "tri", "polygon": [[140, 100], [340, 140], [200, 300]]},  # overlaps press1's box
+        {"name": "next", "rect": [320, 120, 100, 120]},
+        {"name": "low", "polygon": [[60, 280], [260, 280], [260, 420], [60, 420]]},
+        {"name": "valve", "rect": [290, 180, 40, 40]},  # small: full-frame crop
+        {"name": "valve2", "rect": [250, 200, 40, 40]},  # small, next to it: shares the full-frame pass
+    ]
+    motion, *_ = make(tmp_path, regions, masks=masks)
+    body = commands(motion).dispatch("regions").body
+    by_name = {p_["regions"][0]: p_ for p_ in body["passes"]}
+    assert by_name["press1"]["measured_on"] == "ring" and by_name["press1"]["regions"] == ["press1", "tri", "next", "low"]
+    assert by_name["valve"]["measured_on"] == "full" and by_name["valve"]["regions"] == ["valve", "valve2"]
+    meters = {r["name"]: RegionMeter(r, FRAME, RING, masks) for r in regions}
+    scene = Scene()
+    compared = 0
+    for k in range(30):
+        full, ring = moving_square(scene, k, (250, 190, 60, 40), step=5)
+        ring = cv2.add(ring, scene.ring(True) // 8)  # the part's motion and noise on top
+        full_arg = full if k < 20 else None  # then no full frame: the full-frame pass stretches the ring crop
+        motion.process(ring, FrameMeta(frame_id=k, ts=T0_WALL + k, mono=T0_MONO + k, dark_score=dark(ring)), full_arg)
+        h = motion.health()["regions"]
+        for name, meter in meters.items():
+            fraction = meter.measure(ring, full_arg)
+            if fraction is None:
+                assert h[name]["moving"] is None
+                continue
+            assert (round(fraction, 4), meter.pixels) == (h[name]["fraction"], h[name]["pixels"]), (k, name)
+            compared += 1
+    assert compared == 4 * 29 + 2 * 28  # baselines: the first frame, and for the full-frame pass when full frames stop
+    assert max(m.pixels for m in meters.values()) > 0 and motion.status.ok
+
+
+def test_regions_far_apart_or_measured_differently_get_their_own_pass(tmp_path):
+    frame, ring = (1024, 768), (256, 192)
+    regions = [
+        {"name": "nw", "rect": [0, 0, 256, 192]},
+        {"name": "nw2", "rect": [256, 0, 256, 192]},  # side by side with nw: shared
+        {"name": "se", "rect": [768, 576, 256, 192]},  # the far corner: its own pass
+        {"name": "soft", "rect": [0, 192, 256, 192], "blur": 9},  # next to nw, but blurred differently
+    ]
+    motion, config, *_ = make(tmp_path, regions, frame=frame, ring=ring)
+    reg = commands(motion)
+    passes = reg.dispatch("regions").body["passes"]
+    assert sorted(p_["regions"] for p_ in passes) == [["nw", "nw2"], ["se"], ["soft"]]
+    shared = next(p_ for p_ in passes if p_["regions"] == ["nw", "nw2"])
+    # The union of both boxes, grown by blur radius 2 + dilation 2 and clipped to the frame.
+    assert shared["box"] == [0, 0, 128 + 4, 48 + 4] and shared["blur"] == 5 and shared["dilate"] == 2
+    assert next(p_ for p_ in passes if p_["regions"] == ["soft"])["blur"] == 9
+    # A global setting that the overriding region does not use moves the others to a pass of their own settings.
+    config.set("motion.blur", 9)
+    scene_frame = np.zeros((192, 256, 3), np.uint8)
+    motion.process(scene_frame, FrameMeta(frame_id=1, ts=T0_WALL, mono=T0_MONO, dark_score=0.0))
+    passes = reg.dispatch("regions").body["passes"]
+    assert sorted(p_["regions"] for p_ in passes) == [["nw", "nw2", "soft"], ["se"]]
+
+
+def test_threshold_change_keeps_the_background_and_blur_change_rebuilds_it(tmp_path):
+    motion, config, *_ = make(tmp_path, [{"name": "all", "rect": [0, 0, 640, 480], "min_fraction": 0.001}])
+    scene = Scene()
+    frame_no = iter(range(100))
+
+    def moving_after(frames: int) -> bool | None:
+        for _ in range(frames):
+            k = next(frame_no)
+            _, ring = moving_square(scene, k, (100, 200, 40, 40))  # keeps moving 8 px a frame throughout
+            motion.process(ring, FrameMeta(frame_id=k, ts=T0_WALL + k, mono=T0_MONO + k, dark_score=dark(ring)))
+        return motion.health()["regions"]["all"]["moving"]
+
+    assert moving_after(3) is True
+    config.set("motion.pixel_threshold", 40)
+    assert moving_after(1) is True  # judged at once: same pass, same background
+    config.set("motion.blur", 9)
+    assert moving_after(1) is None  # another blur: the background starts again
+    assert moving_after(1) is True
+    assert motion.status.ok and motion.measure_errors == 0
+
+
+def test_dilation_reaches_over_the_edge_but_never_out_of_a_mask(tmp_path):
+    # The region ends at ring column 40; a part moves in columns 41..42 (full 164..171), just outside it.
+    region = {"name": "r", "rect": [0, 0, 160, 480], "min_pixels": 1}
+    near = (164, 200, 8, 40)
+
+    def fraction(tmp, **keys) -> float:
+        motion, *_ = make(tmp, [region], blur=0, **keys)
+        metas = feed_squares(motion, near, frames=4, toggle=True)
+        return max(fraction_of(m, "r") for m in metas[1:])
+
+    assert fraction(tmp_path / "d0", dilate=0) == 0.0
+    assert fraction(tmp_path / "d2", dilate=2) > 0  # two rows of dilation reach one column into the region
+    assert fraction(tmp_path / "masked", dilate=2, masks=[{"rect": [162, 0, 40, 480]}]) == 0.0
+
+
+def test_many_regions_share_the_log_queue_bound(tmp_path):
+    regions = [{"name": f"r{i}", "rect": [i * 100, 0, 100, 100]} for i in range(5)]
+    motion, *_ = make(tmp_path, regions, log_queue_size=10)  # writer not started: the queue only fills
+    run(motion, Scene(), 2, 5, lambda t: True)  # 10 frames of 5 regions: 50 records
+    stats = motion.health()["log"]
+    assert stats["queued"] == 2 and stats["dropped_queue_full"] == 40  # two frames' records fit under 10
+    assert motion.status.ok
+
+
+def test_a_full_frame_of_another_size_falls_back_to_the_ring(tmp_path):
+    motion, _, _, status, _ = make(tmp_path, [{"name": "valve", "rect": [300, 200, 40, 40], "min_fraction": 0.02}])
+    scene = Scene()
+    for k in range(6):
+        full, ring = moving_square(scene, k, (306, 206, 12, 12), toggle=True)
+        wrong = cv2.resize(full, (320, 240)) if k >= 3 else full  # the camera changed its size under us
+        motion.process(ring, FrameMeta(frame_id=k, ts=T0_WALL + k, mono=T0_MONO + k, dark_score=dark(ring)), wrong)
+    assert status.ok and motion.measure_errors == 0
+    assert motion.health()["regions"]["valve"]["moving"] is not None  # measured again after the one re-baseline
 
 
 def test_settling_frames_are_logged_as_not_judged(tmp_path):
