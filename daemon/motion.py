@@ -131,6 +131,7 @@ from .commands import Command, Registry, Reply, Session
 from .motionlog import DEEP_SLEEP_LOG, STATE_LOG, MotionLog, motion_log_name
 from .ring import FrameMeta
 from .status import ComponentStatus
+from .timefmt import format_duration
 
 if TYPE_CHECKING:
     from .config import Section
@@ -906,20 +907,6 @@ class RegionMeter:
         """Start the background again from the next frame (after a gap in the frames)."""
         self._pass.rebaseline()
 
-
-def format_duration(seconds: float) -> str:
-    """723 -> '12m03s'; 45 -> '45s'; 10920 -> '3h02m'; 2 days -> '2d00h'."""
-    s = int(round(max(0.0, seconds)))
-    days, s = divmod(s, 86400)
-    hours, s = divmod(s, 3600)
-    minutes, s = divmod(s, 60)
-    if days:
-        return f"{days}d{hours:02d}h"
-    if hours:
-        return f"{hours}h{minutes:02d}m"
-    if minutes:
-        return f"{minutes}m{s:02d}s"
-    return f"{s}s"
 
 
 # --- the component ----------------------------------------------------------------------------

@@ -174,7 +174,7 @@ def test_state_change_log_lines_read_well(tmp_path, caplog):
     text = caplog.text
     assert re.search(r"press1 \(machine 7\): RUNNING -> STOPPED after \d+s running", text)
     assert re.search(r"press1 \(machine 7\): STOPPED -> RUNNING after \d+s idle", text)
-    assert format_duration(723) == "12m03s" and format_duration(45) == "45s" and format_duration(10920) == "3h02m"
+    assert format_duration(723) == "12m03s" and format_duration(45) == "45s" and format_duration(10920) == "3h02m00s"
 
 
 def test_camera_gap_longer_than_the_window_holds_the_state_until_it_refills(tmp_path):

@@ -55,7 +55,7 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 from daemon.atomicfile import write_atomic  # noqa: E402
-from daemon.motion import format_duration  # noqa: E402
+from daemon.timefmt import format_duration  # noqa: E402
 from daemon.motionlog import DEEP_SLEEP_LOG, STATE_LOG  # noqa: E402
 
 EXIT_ERROR, EXIT_USAGE = 1, 2

@@ -30,6 +30,7 @@ from typing import Any, Iterable
 
 from ..bus import Event
 from ..status import ComponentStatus
+from ..timefmt import format_duration
 
 log = logging.getLogger("picamd.notify")
 
@@ -90,22 +91,6 @@ PRIVATE_FIELDS = frozenset({"webhook"})
 _IDLE_STATES = {"STOPPED", "DEEP_SLEEP", "IDLE"}
 _NO_STATE_YET = {"UNKNOWN", "NONE", ""}
 
-
-def format_duration(seconds: float) -> str:
-    """723 -> '12m03s'; 45 -> '45s'; 3723 -> '1h02m03s'; 2 days and more -> '2d03h04m'."""
-    if not isinstance(seconds, (int, float)) or not math.isfinite(seconds) or seconds < 0:
-        seconds = 0
-    s = int(round(seconds))
-    days, s = divmod(s, 86400)
-    hours, s = divmod(s, 3600)
-    minutes, s = divmod(s, 60)
-    if days:
-        return f"{days}d{hours:02d}h{minutes:02d}m"
-    if hours:
-        return f"{hours}h{minutes:02d}m{s:02d}s"
-    if minutes:
-        return f"{minutes}m{s:02d}s"
-    return f"{s}s"
 
 
 def _first(data: dict[str, Any], keys: Iterable[str]) -> Any:
