@@ -23,6 +23,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_for(predicate, timeout: float = 20.0, interval: float = 0.02):
+    """Poll `predicate` until it is truthy or `timeout` passes; returns its last value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    return predicate()
+
+
 def send(port: int, *lines: str | bytes, timeout: float = 20.0) -> str:
     """Send lines on one connection, half-close, and read everything (what `printf ... | nc` does)."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:

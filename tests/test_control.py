@@ -21,6 +21,7 @@ from daemon.commands import Command, Registry, Reply
 from daemon.config import Config
 from daemon.control import ControlServer
 from daemon.status import ComponentStatus
+from daemon_proc import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 SHORTSTREAM = ROOT / "tools" / "shortstream.py"
@@ -184,14 +185,6 @@ class Conn:
 def body_json(reply: list[str]) -> dict:
     return json.loads("\n".join(reply[1:]))
 
-
-def wait_for(predicate, timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
 
 
 def read_frames(conn: Conn) -> list[bytes]:

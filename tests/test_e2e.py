@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import socket
 import subprocess
 import sys
@@ -14,7 +13,7 @@ import numpy as np
 import pytest
 import yaml
 
-from daemon_proc import ROOT, Daemon, free_port, replies, reply_json, send
+from daemon_proc import ROOT, Daemon, replies, reply_json, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -24,14 +23,6 @@ def daemon(tmp_path_factory):
     d.stop()
 
 
-def wait_for(predicate, timeout=20.0, interval=0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    return predicate()
 
 
 def test_help_lists_every_core_command(daemon):

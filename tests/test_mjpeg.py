@@ -21,6 +21,7 @@ from daemon.config import Config
 from daemon.mjpeg import JpegFeed, MjpegServer
 from daemon.ring import FrameMeta, LatestSlot, Ring
 from daemon.status import ComponentStatus
+from daemon_proc import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.timeout(90)
@@ -29,15 +30,6 @@ W, H = 640, 480
 RING_W, RING_H = 160, 120
 NOTE = "line one\r\nInjected: yes"
 
-
-def wait_for(predicate, timeout=15.0, interval=0.02):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    return predicate()
 
 
 class Feeder:

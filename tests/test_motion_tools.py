@@ -14,7 +14,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -32,6 +31,7 @@ from daemon.mjpeg import MjpegServer
 from daemon.motion import Motion, RegionMeter
 from daemon.ring import FrameMeta, LatestSlot, Ring
 from daemon.status import ComponentStatus
+from daemon_proc import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 CALIBRATE = ROOT / "tools" / "calibrate.py"
@@ -57,11 +57,6 @@ def run_tool(script: Path, *args: str, timeout: float = 90) -> subprocess.Comple
     return subprocess.run([sys.executable, str(script), *map(str, args)], capture_output=True, text=True,
                           timeout=timeout, cwd=ROOT, env=tool_env())
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Scene:

@@ -22,6 +22,7 @@ from daemon.commands import Registry, Session
 from daemon.config import Config
 from daemon.notify import Channel, Notifier, SendError
 from daemon.status import ComponentStatus
+from daemon_proc import free_port
 
 TOKEN = "tok-7Hq2-bearer-secret"
 PASSWORD = "pw-Secret-9f3a"
@@ -120,11 +121,6 @@ class MailRecorder:
                 f"expected {count} mail(s), got {len(self.messages)}"
             return list(self.messages)
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_until(predicate, timeout: float = 20, what: str = "condition") -> None:
@@ -276,6 +272,8 @@ def test_endpoints_down_retry_then_count_failures_and_degrade_without_hurting_th
     event = rig.bus.publish("motion.state", **STOPPED)  # must return normally
     assert event.kind == "motion.state" and rig.bus.errors == 0
     wait_until(lambda: rig.health()["failed"] == 2, what="both channels giving up")
+    # Giving up is counted first and logged just after: wait for both lines rather than race them.
+    wait_until(lambda: sum("gave up" in r.getMessage() for r in caplog.records) == 2, what="two gave-up lines")
     h = rig.health()
     assert h["sent"] == 0 and h["queued"] == 0
     assert "cannot connect" in h["channels"]["webhook"]["last_error"]
@@ -359,7 +357,8 @@ def test_full_queue_drops_the_oldest_and_counts(web, rig_factory, caplog):
     wait_until(lambda: rig.health()["sent"] == 4, what="four sent")
     assert [r["json"]["seq"] for r in reqs] == [0, 4, 5, 6]
     assert caplog.text.count("outbox full") == 1
-    assert "caught up after dropping 3" in caplog.text
+    # The worker logs "caught up" just after counting the last send, so wait for the line rather than race it.
+    wait_until(lambda: "caught up after dropping 3" in caplog.text, what="the caught-up log line")
 
 
 def test_region_webhook_overrides_and_keeps_the_token_to_its_own_origin(web, rig_factory):
