@@ -290,6 +290,7 @@ SCHEMA: tuple[Key, ...] = (
     Key("control.max_clients", int, 32, "Most command connections at once", min=1, max=1024),
     Key("control.idle_timeout_s", float, 300.0, "Close a command connection idle for this long", min=1, max=86400),
     Key("control.max_line_bytes", int, 4096, "Longest command line accepted", min=64, max=1_048_576),
+    Key("control.script_linger_s", float, 1.0, "A client whose first command arrives at once after connecting (echo CMD | nc, which never closes its side) is disconnected once it has been answered and stays silent this long; 0 keeps every connection until idle_timeout_s", min=0, max=3600),
     # MJPEG / HTTP
     Key("mjpeg.bind", str, "0.0.0.0", "Address the HTTP server listens on", live=False),
     Key("mjpeg.port", int, 8080, "HTTP port for /stream, /snapshot.jpg, /health and the page", min=0, max=65535, live=False),

@@ -10,6 +10,14 @@ lines, and an empty line. A streaming reply (`shortstream N`) is its first
 line followed by the raw chunks of the stream. Then the connection reads the
 next command.
 
+`echo CMD | nc host 9999` without `-N` never closes its side, so the server
+cannot see that the script is done. A client whose first line arrives within
+`_SCRIPT_FIRST_LINE_S` of connecting is taken for a script: once its lines are
+answered and it stays silent for `control.script_linger_s`, the connection is
+closed and `nc` returns. A person at an interactive `nc` types the first
+command later than that, and keeps the connection until `idle_timeout_s`; a
+program that holds one connection sends `stay` first.
+
 One thread (`picamd-control`) accepts connections and never waits on a
 client: peers outside `control.allow` and connections over
 `control.max_clients` get one `ERR` line written without blocking, and the
@@ -30,7 +38,7 @@ import threading
 import time
 from typing import Any, Iterator
 
-from .commands import Registry, Reply, Session
+from .commands import Command, Registry, Reply, Session
 from .config import Section
 from .netutil import peer_allowed
 from .status import ComponentStatus
@@ -46,6 +54,8 @@ _MAX_LINGERING = 64
 # One refusal log line per peer and reason per this many seconds (port scanners would flood journald).
 _REFUSAL_LOG_EVERY_S = 60.0
 _RECV_BYTES = 65536
+# A first command line this soon after connecting comes from a pipe, not from a person typing.
+_SCRIPT_FIRST_LINE_S = 0.3
 
 
 class _Client:
@@ -107,6 +117,8 @@ class ControlServer:
             "idle_closed": 0,
             "stream_errors": 0,
         }
+        registry.register(Command("stay", self._stay, "Keep this connection open until control.idle_timeout_s, "
+                                  "for a program that sends its first command at once and holds the connection"))
 
     # -- lifecycle
     @property
@@ -308,10 +320,17 @@ class ControlServer:
             pass
         pending = bytearray()
         discarding = False  # inside an over-long line: drop bytes until its newline
-        last_activity = time.monotonic()
+        connected = last_activity = time.monotonic()
+        scripted: bool | None = None  # decided by when the first line arrives
         while not self._stop.is_set():
-            idle_left = self._cfg.idle_timeout_s - (time.monotonic() - last_activity)
+            limit = self._cfg.idle_timeout_s
+            script_answered = scripted and not session.data.get("stay") and self._cfg.script_linger_s > 0 and not pending
+            if script_answered:
+                limit = min(limit, self._cfg.script_linger_s)
+            idle_left = limit - (time.monotonic() - last_activity)
             if idle_left <= 0:
+                if script_answered:
+                    return "script answered"
                 with self._lock:
                     self._counts["idle_closed"] += 1
                 return f"idle for {self._cfg.idle_timeout_s:g} s"
@@ -340,6 +359,8 @@ class ControlServer:
                     continue
                 if self._stop.is_set():
                     return "server stopping"
+                if scripted is None:
+                    scripted = time.monotonic() - connected <= _SCRIPT_FIRST_LINE_S
                 end = self._answer(client, session, line)
                 if end:
                     return end
@@ -354,6 +375,11 @@ class ControlServer:
                 if end:
                     return end
         return "server stopping"
+
+    @staticmethod
+    def _stay(args: list[str], session: Session) -> Reply:
+        session.data["stay"] = True
+        return Reply(True, "this connection stays open until it is idle for control.idle_timeout_s")
 
     def _too_long(self, client: _Client, max_line: int) -> str | None:
         with self._lock:

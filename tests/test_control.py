@@ -298,6 +298,7 @@ def test_silent_and_non_reading_clients_do_not_block_others(app):
     flooder = Conn(app.port, rcvbuf=4096)
     flooder.send("blob 2048\n" * 16)  # 32 MiB of replies it will never read
     other = Conn(app.port)
+    assert other.command("stay")[0].startswith("OK")  # a program holding its connection
     for _ in range(3):
         assert other.command("ping") == ["OK pong"]
     # The server gives up on the flooder once a reply cannot be sent within its send timeout ...
@@ -448,6 +449,7 @@ def test_max_clients_cap_applies_live(app):
 def test_idle_connections_are_closed(app):
     app.config.set("control.idle_timeout_s", 1)
     c = Conn(app.port, timeout=20)
+    assert c.command("stay")[0].startswith("OK")
     assert c.command("ping") == ["OK pong"]
     assert c.file.read() == b""  # closed by the server, well before our own 20 s timeout
     assert app.server.health()["idle_closed"] == 1
@@ -663,3 +665,51 @@ def test_shortstream_tool_address_forms():
     for bad in ("host:port", "host:0", "host:70000", ":9999"):
         with pytest.raises(tool.ShortStreamError):
             tool.parse_address(bad)
+
+
+def test_real_nc_without_half_close_returns_once_a_script_is_answered(app):
+    """`echo CMD | nc host port` (no -N) never closes its side; the port closes it once answered."""
+    nc = _openbsd_nc()
+    app.config.set("control.idle_timeout_s", 120)
+    t0 = time.monotonic()
+    out = subprocess.run(f"printf 'ping\\nadd 2\\n' | {nc} 127.0.0.1 {app.port}", shell=True,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "OK pong\n\nOK counter 2\n\n"
+    assert time.monotonic() - t0 < 60  # closed by the linger, not by the 120 s idle timeout
+
+
+def test_a_person_typing_keeps_the_connection_past_the_script_linger(app):
+    app.config.set("control.script_linger_s", 0.2)
+    c = Conn(app.port)
+    try:
+        time.sleep(0.6)  # a person reads the prompt before typing
+        assert c.command("ping") == ["OK pong"]
+        time.sleep(0.8)  # well past the linger: an interactive session stays open
+        assert c.command("add 1") == ["OK counter 1"]
+    finally:
+        c.close()
+
+
+def test_a_script_that_sends_at_once_is_closed_after_the_linger_and_zero_turns_it_off(app):
+    app.config.set("control.script_linger_s", 0.2)
+    c = Conn(app.port)
+    c.send("ping\n")
+    assert c.reply() == ["OK pong"]
+    assert c.at_eof()
+    c.close()
+    c = Conn(app.port)  # a program that holds its connection says so
+    try:
+        assert c.command("stay")[0].startswith("OK")
+        time.sleep(0.5)
+        assert c.command("ping") == ["OK pong"]
+    finally:
+        c.close()
+    app.config.set("control.script_linger_s", 0)
+    c = Conn(app.port)
+    try:
+        assert c.command("ping") == ["OK pong"]
+        time.sleep(0.5)
+        assert c.command("ping") == ["OK pong"]
+    finally:
+        c.close()
