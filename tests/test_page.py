@@ -1,0 +1,498 @@
+"""The web page at `/`: served self-contained over HTTP, and its JavaScript checked against the real server.
+
+No browser is needed. The page's pure helpers (the `picamd-lib` script: multipart reader, frame
+metadata, X-Motion parsing, the `region add` line, the stall decision) run under node when it is
+installed, fed with bytes captured from a real /stream; the command line they build is sent to a real
+daemon's command port. Without node those tests are skipped.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import http.client
+import json
+import re
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from html.parser import HTMLParser
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from daemon.config import Config
+from daemon.mjpeg import JpegFeed, MjpegServer
+from daemon.ring import FrameMeta, LatestSlot, Ring
+from daemon.status import ComponentStatus
+from daemon_proc import Daemon, replies, reply_json, wait_for
+
+pytestmark = pytest.mark.timeout(120)
+
+W, H = 320, 240
+MOTION = "press1=0.1234:RUNNING;door=0.0000:SETTLING"
+PAGE_PATHS = {"stream", "meta", "health", "snapshot.jpg"}
+NODE = shutil.which("node")
+needs_node = pytest.mark.skipif(NODE is None, reason="node is not installed")
+
+
+class Rig:
+    """An MjpegServer on loopback, fed about 20 frames a second by a stand-in for the capture loop."""
+
+    def __init__(self) -> None:
+        config = Config({"mjpeg.bind": "127.0.0.1", "mjpeg.port": 0})
+        self.ring = Ring(8, H // 2, W // 2)
+        self.latest = LatestSlot()
+        self.feed = JpegFeed(config.section("mjpeg"), self.ring, self.latest, ComponentStatus("encoder"))
+        self.server = MjpegServer(config.section("mjpeg"), lambda: ["127.0.0.0/8"], self.feed, self.health,
+                                  ComponentStatus("mjpeg"))
+        self.background = np.random.default_rng(3).integers(30, 200, size=(H, W, 3), dtype=np.uint8)
+        self.next_id = 1
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="test-page-feeder", daemon=True)
+
+    def health(self) -> dict:
+        return {"status": "ok", "degraded": [], "camera": {"state": "ok", "frame_size": [W, H]},
+                "mjpeg": self.server.health()}
+
+    def commit(self) -> None:
+        fid = self.next_id
+        self.next_id += 1
+        frame = self.background.copy()
+        x = (fid * 9) % (W - 40)
+        frame[100:140, x:x + 40] = 255
+        meta = FrameMeta(frame_id=fid, ts=time.time(), mono=time.monotonic(), dark_score=90.5, night=fid % 2 == 0,
+                         exposure_us=20000, gain=2.0, extra={"motion": MOTION, "motion_settling": True})
+        slot = self.ring.next_slot()
+        cv2.resize(frame, (W // 2, H // 2), dst=slot, interpolation=cv2.INTER_AREA)
+        self.ring.commit(meta)
+        self.latest.put(frame, meta)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.05):
+            self.commit()
+
+    def start(self) -> "Rig":
+        self.commit()
+        self._thread.start()
+        self.feed.start()
+        self.server.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.stop()
+        self.feed.stop()
+        self._stop.set()
+        self._thread.join(5)
+
+
+@pytest.fixture(scope="module")
+def rig():
+    r = Rig().start()
+    yield r
+    r.stop()
+
+
+def get(port: int, path: str, method: str = "GET") -> tuple[int, dict[str, str], bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=15)
+    try:
+        conn.request(method, path)
+        resp = conn.getresponse()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+    finally:
+        conn.close()
+
+
+def stream_bytes(port: int, parts: int = 4) -> bytes:
+    """The raw body of /stream until `parts` whole parts have arrived (the response head removed)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=15) as sock:
+        sock.sendall(b"GET /stream HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        data = b""
+        while True:
+            chunk = sock.recv(65536)
+            assert chunk, "the stream ended early"
+            data += chunk
+            head, sep, body = data.partition(b"\r\n\r\n")
+            if sep and len(split_parts(body)) >= parts:
+                assert head.startswith(b"HTTP/1.0 200") and b"boundary=frame" in head
+                return body
+
+
+def split_parts(body: bytes) -> list[tuple[dict[str, str], bytes]]:
+    """Whole parts of a multipart/x-mixed-replace body, read by Content-Length (independently of the page's reader)."""
+    parts, pos = [], 0
+    while True:
+        start = body.find(b"--frame\r\n", pos)
+        end = body.find(b"\r\n\r\n", start)
+        if start < 0 or end < 0:
+            return parts
+        headers = {}
+        for line in body[start + 9:end].decode("ascii").split("\r\n"):
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        length = int(headers["content-length"])
+        if len(body) < end + 4 + length:
+            return parts
+        parts.append((headers, body[end + 4:end + 4 + length]))
+        pos = end + 4 + length
+
+
+class PageParser(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.ids: list[str] = []
+        self.urls: list[tuple[str, str, str]] = []  # (tag, attribute, value)
+        self.scripts: list[tuple[dict, str]] = []
+        self.styles: list[str] = []
+        self._in: tuple[str, dict, list[str]] | None = None
+        self.tags: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        self.tags.append(tag)
+        if "id" in a:
+            self.ids.append(a["id"])
+        for name in ("src", "href", "action", "data", "poster"):
+            if a.get(name) is not None:
+                self.urls.append((tag, name, a[name]))
+        if tag in ("script", "style"):
+            self._in = (tag, a, [])
+
+    def handle_data(self, data):
+        if self._in is not None:
+            self._in[2].append(data)
+
+    def handle_endtag(self, tag):
+        if self._in is not None and tag == self._in[0]:
+            _, a, chunks = self._in
+            if tag == "script":
+                self.scripts.append((a, "".join(chunks)))
+            else:
+                self.styles.append("".join(chunks))
+            self._in = None
+
+
+def fetch_page(port: int) -> tuple[dict[str, str], str, PageParser]:
+    status, headers, body = get(port, "/")
+    assert status == 200
+    page = body.decode("utf-8")
+    parser = PageParser()
+    parser.feed(page)
+    parser.close()
+    return headers, page, parser
+
+
+def script_by_id(parser: PageParser, script_id: str | None) -> str:
+    found = [text for attrs, text in parser.scripts if attrs.get("id") == script_id]
+    assert len(found) == 1, f"expected one script with id {script_id!r}"
+    return found[0]
+
+
+def csp_hash(text: str) -> str:
+    return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode("utf-8")).digest()).decode() + "'"
+
+
+# --- served, self-contained, consistent -------------------------------------------------------------
+
+def test_page_is_served_with_headers_that_allow_only_its_own_scripts(rig):
+    headers, page, parser = fetch_page(rig.server.port)
+    assert headers["content-type"] == "text/html; charset=utf-8" and headers["cache-control"] == "no-store"
+    assert headers["x-content-type-options"] == "nosniff"
+    policy = dict(item.strip().split(" ", 1) for item in headers["content-security-policy"].split(";"))
+    assert policy["default-src"] == "'none'" and policy["connect-src"] == "'self'" and policy["img-src"] == "'self' blob:"
+    # A browser runs an inline script or style only when its hash is in the policy: every one must be there.
+    assert len(parser.scripts) == 2 and len(parser.styles) == 1
+    assert sorted(policy["script-src"].split()) == sorted(csp_hash(text) for _, text in parser.scripts)
+    assert policy["style-src"].split() == [csp_hash(parser.styles[0])]
+
+    assert get(rig.server.port, "/index.html")[2].decode() == page
+    status, head_headers, body = get(rig.server.port, "/", method="HEAD")
+    assert status == 200 and body == b"" and int(head_headers["content-length"]) == len(page.encode())
+    assert head_headers["content-security-policy"] == headers["content-security-policy"]
+
+
+def test_page_references_only_the_daemons_own_paths_and_each_one_answers(rig):
+    _, page, parser = fetch_page(rig.server.port)
+    assert "http://" not in page and "https://" not in page and "//cdn" not in page
+    assert not [a for a, _ in parser.scripts if "src" in a], "no external scripts"
+    assert "link" not in parser.tags or all(v == "data:," for t, _, v in parser.urls if t == "link")  # the empty icon: no /favicon.ico request
+    linked = {v for t, _, v in parser.urls if t != "link"}
+    fetched = set(re.findall(r'fetch\("([^"]+)"', page))
+    assert linked <= PAGE_PATHS and fetched <= PAGE_PATHS
+    assert {"stream", "snapshot.jpg", "health", "meta"} <= fetched | linked
+
+    status, headers, body = get(rig.server.port, "/snapshot.jpg")
+    assert status == 200 and headers["content-type"] == "image/jpeg" and int(headers["x-frame-id"]) >= 1
+    assert cv2.imdecode(np.frombuffer(body, np.uint8), cv2.IMREAD_COLOR).shape == (H, W, 3)
+    status, headers, body = get(rig.server.port, "/meta")
+    assert status == 200 and json.loads(body)["motion"] == MOTION
+    status, headers, body = get(rig.server.port, "/health")
+    assert status == 200 and json.loads(body)["camera"]["frame_size"] == [W, H]
+    parts = split_parts(stream_bytes(rig.server.port, parts=2))
+    assert all(cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR).shape == (H, W, 3) for _, jpeg in parts)
+
+
+def test_every_element_the_script_uses_is_in_the_page(rig):
+    _, page, parser = fetch_page(rig.server.port)
+    assert len(parser.ids) == len(set(parser.ids)), "duplicate element ids"
+    ui = script_by_id(parser, None)
+    used = set(re.findall(r'\$\("([\w-]+)"\)', ui)) | set(re.findall(r'getElementById\("([\w-]+)"\)', ui))
+    assert used, "the script looks elements up by id"
+    assert used <= set(parser.ids), f"missing in the HTML: {sorted(used - set(parser.ids))}"
+    for needed in ("stream", "sel", "cmd", "copy", "rname", "frame_id", "time", "dark_score", "night", "motion-rows"):
+        assert needed in parser.ids
+    assert 'src="stream"' in page  # the plain MJPEG <img> for browsers without JavaScript
+
+
+def test_unknown_methods_and_paths_do_not_reach_the_page(rig):
+    for method in ("POST", "PUT", "DELETE"):
+        status, headers, body = get(rig.server.port, "/", method=method)
+        assert status == 405 and headers["allow"] == "GET, HEAD" and b"<html" not in body
+    status, _, body = get(rig.server.port, "/page")
+    assert status == 404 and b"<html" not in body
+    status, _, body = get(rig.server.port, "/?region=add&name=x")  # a query changes nothing: the same page
+    assert status == 200 and body == get(rig.server.port, "/")[2]
+
+
+# --- the page's JavaScript under node ----------------------------------------------------------------
+
+def run_node(tmp_path: Path, lib: str, program: str, stdin: bytes = b"") -> object:
+    """Runs `program` with `lib` (the page's helpers) loaded as `picamd`; returns what it prints as JSON."""
+    script = tmp_path / "page_check.js"
+    script.write_text(
+        "const vm = require('vm');\n"
+        f"const picamd = vm.runInThisContext({json.dumps(lib + chr(10) + ';picamd;')});\n"
+        "const input = require('fs').readFileSync(0);\n"
+        + program
+    )
+    proc = subprocess.run([NODE, str(script)], input=stdin, capture_output=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr.decode(errors="replace")
+    return json.loads(proc.stdout)
+
+
+@needs_node
+def test_both_scripts_pass_node_check(rig, tmp_path):
+    _, _, parser = fetch_page(rig.server.port)
+    for i, (_, text) in enumerate(parser.scripts):
+        path = tmp_path / f"script{i}.js"
+        path.write_text(text)
+        check = subprocess.run([NODE, "--check", str(path)], capture_output=True, text=True, timeout=60)
+        assert check.returncode == 0, check.stderr
+
+
+@needs_node
+def test_multipart_reader_splits_the_real_stream_in_any_chunking(rig, tmp_path):
+    _, _, parser = fetch_page(rig.server.port)
+    body = stream_bytes(rig.server.port, parts=4)
+    expected = split_parts(body)
+    program = r"""
+const crypto = require('crypto');
+const results = [];
+for (const sizes of [[1], [7, 13], [4096], [65536], [input.length]]) {
+  const reader = new picamd.MultipartReader(picamd.boundaryOf('multipart/x-mixed-replace; boundary=frame'));
+  const parts = [];
+  for (let pos = 0, i = 0; pos < input.length; i++) {
+    const n = sizes[i % sizes.length];
+    parts.push(...reader.push(new Uint8Array(input.subarray(pos, pos + n))));
+    pos += n;
+  }
+  results.push(parts.map((p) => ({headers: p.headers, sha: crypto.createHash('sha256').update(p.body).digest('hex'),
+                                 fields: picamd.frameFromHeaders(p.headers)})));
+}
+console.log(JSON.stringify(results));
+"""
+    results = run_node(tmp_path, script_by_id(parser, "picamd-lib"), program, body)
+    assert len(expected) >= 4
+    for parts in results:  # the same parts however the bytes were cut
+        assert len(parts) == len(expected)
+        for got, (headers, jpeg) in zip(parts, expected):
+            assert got["sha"] == hashlib.sha256(jpeg).hexdigest()
+            assert got["headers"] == headers
+            fields = got["fields"]
+            assert fields["frame_id"] == int(headers["x-frame-id"]) and fields["ts"] == float(headers["x-timestamp"])
+            assert fields["dark_score"] == 90.5 and fields["night"] == (headers["x-night"] == "1")
+            assert fields["exposure_us"] == 20000 and fields["gain"] == 2.0 and fields["motion"] == MOTION
+            assert fields["other"] == {"motion-settling": "true"}
+
+
+@needs_node
+def test_multipart_reader_refuses_what_is_not_the_stream(rig, tmp_path):
+    _, _, parser = fetch_page(rig.server.port)
+    program = r"""
+const out = {};
+const attempt = (name, bytes, boundary = 'frame') => {
+  try { out[name] = {parts: new picamd.MultipartReader(boundary).push(bytes).length}; }
+  catch (e) { out[name] = {error: e.message}; }
+};
+const text = (s) => new Uint8Array(Buffer.from(s, 'latin1'));
+attempt('html page', text('<html><body>not a stream</body></html>\r\n\r\n'));
+attempt('other boundary', text('--other\r\nContent-Length: 1\r\n\r\nx'));
+attempt('no length', text('--frame\r\nContent-Type: image/jpeg\r\n\r\n'));
+attempt('negative length', text('--frame\r\nContent-Length: -5\r\n\r\n'));
+attempt('endless headers', text('--frame\r\nX-A: ' + 'a'.repeat(70000)));
+attempt('half a part', text('--frame\r\nContent-Length: 10\r\n\r\n12345'));
+out.boundaries = [picamd.boundaryOf('multipart/x-mixed-replace; boundary=frame'),
+                  picamd.boundaryOf('multipart/x-mixed-replace;boundary="a b"'), picamd.boundaryOf('image/jpeg'), picamd.boundaryOf(null)];
+console.log(JSON.stringify(out));
+"""
+    out = run_node(tmp_path, script_by_id(parser, "picamd-lib"), program)
+    assert "no boundary line" in out["html page"]["error"] and "no boundary line" in out["other boundary"]["error"]
+    assert "Content-Length" in out["no length"]["error"] and "Content-Length" in out["negative length"]["error"]
+    assert out["endless headers"]["error"] == "part headers too long"
+    assert out["half a part"] == {"parts": 0}  # waits for the rest
+    assert out["boundaries"] == ["frame", "a b", None, None]
+
+
+@needs_node
+def test_region_command_line_and_every_refusal(rig, tmp_path):
+    _, _, parser = fetch_page(rig.server.port)
+    cases = [
+        # rect (fractions of the image), frame size, name, min, names taken
+        ("plain", [0.64, 0.30, 0.94, 0.56], [1024, 768], "press1", "", []),
+        ("min fraction", [0.1, 0.1, 0.5, 0.5], [640, 480], " door ", "0.05", ["press1"]),
+        ("min pixels", [0, 0, 1, 1], [640, 480], "all", "300", []),
+        ("min normalised", [0, 0, 0.5, 0.5], [640, 480], "a", "1e-1", []),
+        ("no frame size", [0.1, 0.1, 0.5, 0.5], None, "a", "", []),
+        ("too small", [0.5, 0.5, 0.501, 0.9], [640, 480], "a", "", []),
+        ("empty name", [0.1, 0.1, 0.5, 0.5], [640, 480], "  ", "", []),
+        ("space", [0.1, 0.1, 0.5, 0.5], [640, 480], "press 1", "", []),
+        ("equals", [0.1, 0.1, 0.5, 0.5], [640, 480], "a=b", "", []),
+        ("semicolon", [0.1, 0.1, 0.5, 0.5], [640, 480], "a;b", "", []),
+        ("colon", [0.1, 0.1, 0.5, 0.5], [640, 480], "a:b", "", []),
+        ("comma", [0.1, 0.1, 0.5, 0.5], [640, 480], "a,b", "", []),
+        ("quote", [0.1, 0.1, 0.5, 0.5], [640, 480], 'a"b', "", []),
+        ("backslash", [0.1, 0.1, 0.5, 0.5], [640, 480], "a\\b", "", []),
+        ("tab", [0.1, 0.1, 0.5, 0.5], [640, 480], "a\tb", "", []),
+        ("zero width space", [0.1, 0.1, 0.5, 0.5], [640, 480], "a\u200bb", "", []),
+        ("too long", [0.1, 0.1, 0.5, 0.5], [640, 480], "r" * 65, "", []),
+        ("taken", [0.1, 0.1, 0.5, 0.5], [640, 480], "press1", "", ["press1"]),
+        ("min zero", [0.1, 0.1, 0.5, 0.5], [640, 480], "a", "0", []),
+        ("min negative", [0.1, 0.1, 0.5, 0.5], [640, 480], "a", "-3", []),
+        ("min text", [0.1, 0.1, 0.5, 0.5], [640, 480], "a", "lots", []),
+        ("min hex", [0.1, 0.1, 0.5, 0.5], [640, 480], "a", "0x10", []),
+        ("min infinite", [0.1, 0.1, 0.5, 0.5], [640, 480], "a", "1e999", []),
+        ("min fractional pixels", [0.1, 0.1, 0.5, 0.5], [640, 480], "a", "2.5", []),
+    ]
+    program = "const cases = JSON.parse(input);\nconsole.log(JSON.stringify(Object.fromEntries(cases.map(([label, ...args]) =>\n" \
+              "  [label, picamd.regionCommand(...args, 'http://127.0.0.1:8080')]))));\n"
+    out = run_node(tmp_path, script_by_id(parser, "picamd-lib"), program, json.dumps(cases).encode())
+
+    assert out["plain"]["command"] == "region add press1 655 230 308 200" and out["plain"]["error"] == ""
+    assert out["plain"]["fractions"] == "0.6400 0.3000 0.3000 0.2600"
+    assert out["plain"]["pixels"] == {"x": 655, "y": 230, "w": 308, "h": 200, "frameWidth": 1024, "frameHeight": 768}
+    assert out["plain"]["calibrate"] == "python tools/calibrate.py --url http://127.0.0.1:8080 --name press1 --rect 655 230 308 200"
+    assert out["min fraction"]["command"] == "region add door 64 48 256 192 0.05"
+    assert out["min pixels"]["command"] == "region add all 0 0 640 480 300"
+    assert out["min normalised"]["command"] == "region add a 0 0 320 240 0.1"
+
+    refused = {
+        "no frame size": "waiting for the first frame", "too small": "larger rectangle", "empty name": "give the region a name",
+        "space": "cannot contain", "equals": "cannot contain", "semicolon": "cannot contain", "colon": "cannot contain",
+        "comma": "cannot contain", "quote": "cannot contain", "backslash": "cannot contain", "tab": "cannot contain",
+        "zero width space": "cannot contain", "too long": "longer than 64", "taken": "exists already",
+        "min zero": "above 0", "min negative": "above 0", "min text": "above 0", "min hex": "above 0",
+        "min infinite": "above 0", "min fractional pixels": "whole number",
+    }
+    for label, why in refused.items():
+        assert why in out[label]["error"], (label, out[label])
+        assert out[label]["command"] == "" and out[label]["calibrate"] == "", label  # nothing to copy or send
+
+
+@needs_node
+def test_stall_decisions_and_formatting(rig, tmp_path):
+    _, _, parser = fetch_page(rig.server.port)
+    program = r"""
+const s = picamd.stallAction;
+console.log(JSON.stringify({
+  stall: [
+    s(1, 0.1, null, 5), s(3.9, 0, null, 5), s(20, 10, null, 5),
+    s(5, 0.1, null, 5),
+    s(5, 0.1, {reachable: false}, 5),
+    s(5, 0.1, {reachable: true, frameId: 9}, 5),
+    s(13, 0.1, {reachable: true, frameId: 9}, 5),
+    s(13, 0.1, {reachable: true, frameId: 5}, 5),
+    s(13, 0.1, {reachable: true, frameId: null}, 5),
+    s(13, 0.1, {reachable: true, frameId: 9}, null),
+    s(13, 0.1, {reachable: true, frameId: 2}, 500),
+    s(26, 10, {reachable: true, frameId: 9}, 5), s(31, 10, {reachable: true, frameId: 9}, 5),
+  ],
+  motion: [picamd.parseMotion('press1=0.1234:RUNNING;door=0.0000:deep_sleep'), picamd.parseMotion(''),
+           picamd.parseMotion(null), picamd.parseMotion({press1: 1}), picamd.parseMotion('garbage'),
+           picamd.parseMotion('a=1e-05:STOPPED')],
+  durations: [0, 59.9, 60, 3599, 3600, 86399, 90061, -1, NaN].map(picamd.formatDuration),
+  exposures: [null, 250, 10000, 333333, 1000000, 112000000].map(picamd.formatExposure),
+  meta: picamd.frameFromMeta({frame_id: 7, ts: 1.5, dark_score: 3, night: true, exposure_us: null, gain: null,
+                              motion: 'a=0.5000:RUNNING', motion_settling: true, note: 'x'}),
+}));
+"""
+    out = run_node(tmp_path, script_by_id(parser, "picamd-lib"), program)
+    assert out["stall"] == ["live", "live", "live", "probe", "down", "waiting", "reconnect", "waiting", "waiting",
+                            "waiting", "reconnect", "waiting", "reconnect"]
+    assert out["motion"] == [[{"name": "press1", "fraction": 0.1234, "state": "RUNNING"},
+                              {"name": "door", "fraction": 0, "state": "DEEP_SLEEP"}], None, None, None, None,
+                             [{"name": "a", "fraction": 1e-05, "state": "STOPPED"}]]
+    assert out["durations"] == ["0 s", "59 s", "1 min 00 s", "59 min 59 s", "1 h 00 min", "23 h 59 min", "1 d 1 h", "-", "-"]
+    assert out["exposures"] == [None, "250 \u00b5s", "10.0 ms", "333 ms", "1.00 s", "112 s"]
+    assert out["meta"] == {"frame_id": 7, "ts": 1.5, "dark_score": 3, "night": True, "exposure_us": None, "gain": None,
+                           "motion": "a=0.5000:RUNNING", "other": {"motion-settling": "true", "note": "x"}}
+
+
+# --- against the real daemon ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("page-daemon")
+    d = Daemon(workdir, {"motion.regions": [{"name": "machine", "rect": [0.6, 0.3, 0.3, 0.3]}]}).start()
+    yield d
+    d.stop()
+
+
+def test_the_daemon_serves_what_the_page_reads(daemon):
+    status, headers, body = daemon.http("/")
+    assert status == 200 and "Content-Security-Policy" in headers and b'id="picamd-lib"' in body
+    health = json.loads(daemon.http("/health")[2])
+    # The fields the page shows or computes with, from the real health report.
+    assert health["camera"]["frame_size"] == [640, 480] and health["camera"]["state"] == "ok"
+    assert health["clients"]["control"]["port"] == daemon.control_port
+    assert health["status"] in ("ok", "degraded") and isinstance(health["degraded"], list)
+    assert all(name in health["components"] and "state" in health["components"][name] for name in health["degraded"])
+    assert health["night"]["mode"] in ("auto", "day", "night")
+    region = health["motion"]["regions"]["machine"]
+    assert region["state"] in ("UNKNOWN", "RUNNING", "STOPPED", "DEEP_SLEEP") and region["in_state_s"] >= 0
+    meta = json.loads(daemon.http("/meta")[2])
+    assert isinstance(meta["frame_id"], int) and re.fullmatch(r"machine=\d\.\d{4}:[A-Z_]+", meta["motion"])
+    status, headers, jpeg = daemon.http("/snapshot.jpg")
+    assert status == 200 and int(headers["X-Frame-Id"]) >= 1
+    assert cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR).shape == (480, 640, 3)
+
+
+@needs_node
+def test_the_line_the_page_builds_is_accepted_by_the_command_port(daemon, tmp_path):
+    parser = PageParser()
+    parser.feed(daemon.http("/")[2].decode())
+    lib = script_by_id(parser, "picamd-lib")
+    health = json.loads(daemon.http("/health")[2])
+    taken = list(health["motion"]["regions"])
+    program = "const [rect, size, name, min, taken] = JSON.parse(input);\n" \
+              "console.log(JSON.stringify(picamd.regionCommand(rect, size, name, min, taken, 'x')));\n"
+
+    def build(rect, name, min_text=""):
+        return run_node(tmp_path, lib, program, json.dumps([rect, health["camera"]["frame_size"], name, min_text, taken]).encode())
+
+    out = build([0.05, 0.1, 0.25, 0.7], "door", "0.1")
+    assert out["error"] == "" and out["command"] == "region add door 32 48 128 288 0.1"
+    reply = replies(daemon.cmd(out["command"]))[0]
+    assert reply.startswith("OK region door added"), reply
+    regions = {r["name"]: r for r in reply_json(replies(daemon.cmd("regions"))[0])["regions"]}
+    assert regions["door"]["rect"] == [32, 48, 128, 288] and regions["door"]["min_fraction"] == 0.1
+    assert wait_for(lambda: "door=" in json.loads(daemon.http("/meta")[2]).get("motion", ""), timeout=20)
+
+    # A name the daemon already has: the page refuses to build the line, and the daemon would refuse it too.
+    refused = build([0.5, 0.5, 0.9, 0.9], "machine")
+    assert refused["command"] == "" and "exists already" in refused["error"]
+    assert replies(daemon.cmd("region add machine 320 240 256 192"))[0].startswith("ERR")
+    regions_after = {r["name"]: r for r in reply_json(replies(daemon.cmd("regions"))[0])["regions"]}
+    assert regions_after["machine"]["rect"] == [0.6, 0.3, 0.3, 0.3]  # unchanged
