@@ -157,42 +157,37 @@ def read_logs(folder: Path, regions: set[str] | None) -> Logs:
         raise ChartError(f"no motion logs in {folder} (expected motion_<region>.jsonl, {STATE_LOG} or {DEEP_SLEEP_LOG})")
     logs = Logs(files=frame_files + event_files)
     for path in frame_files:
-        bad = 0
-        try:
-            for record in _lines(path):
-                item = _frame_record(record)
-                if item is None:
-                    bad += 1
-                    continue
-                region, row = item
-                if regions is None or region in regions:
-                    logs.frames.setdefault(region, []).append(row)
-        except OSError as exc:
-            raise ChartError(f"cannot read {path}: {exc.strerror or exc}") from None
-        if bad:
-            logs.bad_lines[path.name] = bad
+        for region, row in _parsed(path, _frame_record, logs):
+            if regions is None or region in regions:
+                logs.frames.setdefault(region, []).append(row)
     for path in event_files:
-        bad = 0
-        try:
-            for record in _lines(path):
-                change = _change_record(record)
-                if change is None:
-                    bad += 1
-                    continue
-                if regions is not None and change.region not in regions:
-                    continue
-                if change.machine_id is not None:
-                    logs.machine_ids[change.region] = change.machine_id
-                if change.kind in TRANSITIONS:
-                    logs.changes.append(change)
-        except OSError as exc:
-            raise ChartError(f"cannot read {path}: {exc.strerror or exc}") from None
-        if bad:
-            logs.bad_lines[path.name] = bad
+        for change in _parsed(path, _change_record, logs):
+            if regions is not None and change.region not in regions:
+                continue
+            if change.machine_id is not None:
+                logs.machine_ids[change.region] = change.machine_id
+            if change.kind in TRANSITIONS:
+                logs.changes.append(change)
     for rows in logs.frames.values():
         rows.sort(key=lambda r: r[0])
     logs.changes.sort(key=lambda c: c.ts)
     return logs
+
+
+def _parsed(path: Path, parse, logs: Logs):
+    """The records of one log file that `parse` accepts; the lines it refuses are counted as bad."""
+    bad = 0
+    try:
+        for record in _lines(path):
+            item = parse(record)
+            if item is None:
+                bad += 1
+            else:
+                yield item
+    except OSError as exc:
+        raise ChartError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if bad:
+        logs.bad_lines[path.name] = bad
 
 
 def _frame_record(record: dict[str, Any] | None) -> tuple[str, tuple[float, float, int, str]] | None:
