@@ -88,7 +88,7 @@ def main() -> int:
                         viewer_errors.extend(result["errors"])
                 samples[viewers].extend(times)
                 errors[viewers].extend(errs)
-        health = daemon.health()
+        health = daemon.system.health()
 
     rows = [["1 client alone, 0 viewers", len(serial), len(serial_errors), bl.percentile(serial, 50) * 1e3,
              bl.percentile(serial, 90) * 1e3, bl.percentile(serial, 99) * 1e3, max(serial) * 1e3]]

@@ -25,14 +25,14 @@ import benchlib as bl
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from daemon.bus import EventBus  # noqa: E402
-from daemon.capture import CaptureLoop  # noqa: E402
+from daemon.core.bus import EventBus  # noqa: E402
+from daemon.capture.loop import CaptureLoop  # noqa: E402
 from daemon.config import Config  # noqa: E402
 from daemon.motion import Motion  # noqa: E402
-from daemon.night import NightController  # noqa: E402
-from daemon.ring import LatestSlot, Ring  # noqa: E402
+from daemon.image.night import NightController  # noqa: E402
+from daemon.capture.ring import LatestSlot, Ring  # noqa: E402
 from daemon.sources.base import SourceError  # noqa: E402
-from daemon.status import ComponentStatus  # noqa: E402
+from daemon.core.status import ComponentStatus  # noqa: E402
 
 TARGET = 1.5
 

@@ -26,7 +26,7 @@ import time
 
 import benchlib as bl
 
-from daemon.ring import plan_capacity  # noqa: E402
+from daemon.capture.ring import plan_capacity  # noqa: E402
 
 TARGET = 0.10
 SMALL, LARGE = 2, 300

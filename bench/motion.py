@@ -48,12 +48,12 @@ import benchlib as bl
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from daemon.bus import EventBus  # noqa: E402
+from daemon.core.bus import EventBus  # noqa: E402
 from daemon.config import Config  # noqa: E402
 from daemon.motion import SMALL_REGION_PX, Motion  # noqa: E402
-from daemon.night import dark_score  # noqa: E402
-from daemon.ring import FrameMeta  # noqa: E402
-from daemon.status import ComponentStatus  # noqa: E402
+from daemon.image.night import dark_score  # noqa: E402
+from daemon.capture.ring import FrameMeta  # noqa: E402
+from daemon.core.status import ComponentStatus  # noqa: E402
 
 TARGET = 3.0
 #: Region sizes in full-frame pixels (w, h).

@@ -3,7 +3,7 @@
 The clean synthetic scene at 1024x768 (no sensor noise) is the truth. 16
 frames are made from it with independent Gaussian noise (sigma 8 grey
 levels, rounded and clipped to uint8 like a sensor's output) and stacked
-with `daemon.stacking` (mean, and sigma_clip at export.stack_sigma 3). The
+with `daemon.image.stacking` (mean, and sigma_clip at export.stack_sigma 3). The
 residual noise is the standard deviation of (stack - truth) over the pixels
 far enough from 0 and 255 that clipping plays no part; the limit for 16
 frames is sigma/sqrt(16) = sigma/4 (plus the 0.29 grey levels that rounding
@@ -28,7 +28,7 @@ import benchlib as bl
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from daemon.stacking import stack_mean, stack_sigma_clip  # noqa: E402
+from daemon.image.stacking import stack_mean, stack_sigma_clip  # noqa: E402
 
 TARGET = 1.10
 CLIP_SIGMA = 3.0

@@ -14,24 +14,24 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import __version__
-from .autosave import AutoSaver
-from .bus import EventBus
-from .capture import CaptureLoop
-from .commands import Command, Registry, Reply, Session
-from .config import Config, ConfigError, parse_downscale
-from .control import ControlServer
-from .export import Exporter
-from .health import SwapGuard, SystemHealth
-from .mjpeg import JpegFeed, MjpegServer
-from .motion import Motion
-from .night import NightController
-from .notify import Notifier
-from .ring import LatestSlot, Ring, plan_capacity
-from .sources.base import Source
-from .sources.select import build_source, list_cameras
-from .status import ComponentStatus
-from .systemd import SystemdNotifier
+from daemon import __version__
+from daemon.storage.autosave import AutoSaver
+from daemon.core.bus import EventBus
+from daemon.capture.loop import CaptureLoop
+from daemon.commands import Command, Registry, Reply, Session
+from daemon.config import Config, ConfigError, parse_downscale
+from daemon.net.control import ControlServer
+from daemon.storage.export import Exporter
+from daemon.system.health import SwapGuard, SystemHealth
+from daemon.net.http import JpegFeed, MjpegServer
+from daemon.motion import Motion
+from daemon.image.night import NightController
+from daemon.notify import Notifier
+from daemon.capture.ring import LatestSlot, Ring, plan_capacity
+from daemon.sources.base import Source
+from daemon.sources.select import build_source, list_cameras
+from daemon.core.status import ComponentStatus
+from daemon.system.systemd import SystemdNotifier
 
 log = logging.getLogger("picamd.app")
 
@@ -248,7 +248,7 @@ class App:
             value = self.config.get(args[0])
         except ConfigError as exc:
             return Reply.error(str(exc))
-        from .config import KEYS
+        from daemon.config import KEYS
 
         if KEYS[args[0]].secret and value:
             value = "***"

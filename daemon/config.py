@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 import yaml
 
-from .atomicfile import write_atomic
+from daemon.storage.atomicfile import write_atomic
 
 log = logging.getLogger("picamd.config")
 
@@ -217,12 +217,12 @@ def _check_regions(value: list) -> list:
         raise ValueError("region names must be unique")
     # Everything that does not need the frame size (bounds are checked by Motion against the real frame).
     # Imported here: motion imports modules that must not import config back at load time.
-    from .motion import check_regions
+    from daemon.motion import check_regions
     return check_regions(value)
 
 
 def _check_masks(value: list) -> list:
-    from .motion import check_masks
+    from daemon.motion import check_masks
     return check_masks(value)
 
 

@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from daemon.autosave import AutoSaver, slot_at_or_after, slot_at_or_before
-from daemon.bus import EventBus
+from daemon.storage.autosave import AutoSaver, slot_at_or_after, slot_at_or_before
+from daemon.core.bus import EventBus
 from daemon.config import Config
-from daemon.export import Exporter
-from daemon.ring import FrameMeta, LatestSlot, Ring
-from daemon.status import ComponentStatus
+from daemon.storage.export import Exporter
+from daemon.capture.ring import FrameMeta, LatestSlot, Ring
+from daemon.core.status import ComponentStatus
 
 
 def local(y, mo, d, h, mi, s=0.0) -> float:

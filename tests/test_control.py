@@ -19,8 +19,8 @@ import pytest
 
 from daemon.commands import Command, Registry, Reply
 from daemon.config import Config
-from daemon.control import ControlServer
-from daemon.status import ComponentStatus
+from daemon.net.control import ControlServer
+from daemon.core.status import ComponentStatus
 from daemon_proc import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -15,14 +15,14 @@ import cv2
 import numpy as np
 import pytest
 
-from daemon.bus import EventBus
+from daemon.core.bus import EventBus
 from daemon.commands import Registry, Session
 from daemon.config import Config
-from daemon.export import (DiskFullError, ExportCancelled, ExportError, Exporter, FormatError, NoFrameError, StorageError,
+from daemon.storage.export import (DiskFullError, ExportCancelled, ExportError, Exporter, FormatError, NoFrameError, StorageError,
                            capture_stamp)
-from daemon.ring import FrameMeta, LatestSlot, Ring
-from daemon.stacking import stack_mean, stack_sigma_clip
-from daemon.status import ComponentStatus
+from daemon.capture.ring import FrameMeta, LatestSlot, Ring
+from daemon.image.stacking import stack_mean, stack_sigma_clip
+from daemon.core.status import ComponentStatus
 
 FULL_W, FULL_H = 320, 240
 RING_W, RING_H = 80, 60

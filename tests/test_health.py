@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from daemon.config import Config
-from daemon.health import SwapGuard, SystemHealth, decode_throttled, parse_throttled, system_figures
-from daemon.systemd import SystemdNotifier
+from daemon.system.health import SwapGuard, SystemHealth, decode_throttled, parse_throttled, system_figures
+from daemon.system.systemd import SystemdNotifier
 
 pytestmark = pytest.mark.timeout(60)
 

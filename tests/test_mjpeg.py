@@ -18,9 +18,9 @@ import pytest
 
 from daemon.commands import Registry
 from daemon.config import Config
-from daemon.mjpeg import JpegFeed, MjpegServer
-from daemon.ring import FrameMeta, LatestSlot, Ring
-from daemon.status import ComponentStatus
+from daemon.net.http import JpegFeed, MjpegServer
+from daemon.capture.ring import FrameMeta, LatestSlot, Ring
+from daemon.core.status import ComponentStatus
 from daemon_proc import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -17,12 +17,12 @@ import cv2
 import numpy as np
 import pytest
 
-from daemon.bus import EventBus
+from daemon.core.bus import EventBus
 from daemon.commands import Registry, Session
 from daemon.config import Config, ConfigError
 from daemon.motion import Motion, RegionMeter, check_regions, format_duration, parse_masks, parse_regions
-from daemon.ring import FrameMeta
-from daemon.status import ComponentStatus
+from daemon.capture.ring import FrameMeta
+from daemon.core.status import ComponentStatus
 
 FRAME = (640, 480)  # full frame w, h
 RING = (160, 120)  # ring frame w, h: a quarter of each side

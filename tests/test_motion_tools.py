@@ -24,13 +24,13 @@ import cv2
 import numpy as np
 import pytest
 
-from daemon.bus import EventBus
+from daemon.core.bus import EventBus
 from daemon.config import Config
-from daemon.jpegfeed import JpegFeed
-from daemon.mjpeg import MjpegServer
+from daemon.net.jpegfeed import JpegFeed
+from daemon.net.http import MjpegServer
 from daemon.motion import Motion, RegionMeter
-from daemon.ring import FrameMeta, LatestSlot, Ring
-from daemon.status import ComponentStatus
+from daemon.capture.ring import FrameMeta, LatestSlot, Ring
+from daemon.core.status import ComponentStatus
 from daemon_proc import free_port
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -17,11 +17,11 @@ from datetime import datetime, timezone
 import numpy as np
 import pytest
 
-from daemon import sun
-from daemon.bus import EventBus
+from daemon.image import sun
+from daemon.core.bus import EventBus
 from daemon.commands import Registry, Reply, Session
 from daemon.config import Config, ConfigError
-from daemon.night import DEFAULT_DAY_EXPOSURE_US, NightController, dark_score
+from daemon.image.night import DEFAULT_DAY_EXPOSURE_US, NightController, dark_score
 
 GREENWICH = (51.4769, 0.0)
 

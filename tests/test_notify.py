@@ -17,11 +17,11 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult
 
-from daemon.bus import EventBus
+from daemon.core.bus import EventBus
 from daemon.commands import Registry, Session
 from daemon.config import Config
 from daemon.notify import Channel, Notifier, SendError
-from daemon.status import ComponentStatus
+from daemon.core.status import ComponentStatus
 from daemon_proc import free_port
 
 TOKEN = "tok-7Hq2-bearer-secret"

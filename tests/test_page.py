@@ -25,9 +25,9 @@ import numpy as np
 import pytest
 
 from daemon.config import Config
-from daemon.mjpeg import JpegFeed, MjpegServer
-from daemon.ring import FrameMeta, LatestSlot, Ring
-from daemon.status import ComponentStatus
+from daemon.net.http import JpegFeed, MjpegServer
+from daemon.capture.ring import FrameMeta, LatestSlot, Ring
+from daemon.core.status import ComponentStatus
 from daemon_proc import Daemon, replies, reply_json, wait_for
 
 pytestmark = pytest.mark.timeout(120)

@@ -6,7 +6,7 @@ import threading
 import numpy as np
 import pytest
 
-from daemon.ring import FrameMeta, LatestSlot, Ring, plan_capacity
+from daemon.capture.ring import FrameMeta, LatestSlot, Ring, plan_capacity
 
 
 def fill(ring: Ring, n: int, start_ts: float = 1000.0, dt: float = 0.1, first_id: int = 1):

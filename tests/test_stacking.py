@@ -5,7 +5,7 @@ import cv2
 import numpy as np
 import pytest
 
-from daemon.stacking import MeanAccumulator, available_memory_bytes, stack, stack_mean, stack_sigma_clip
+from daemon.image.stacking import MeanAccumulator, available_memory_bytes, stack, stack_mean, stack_sigma_clip
 
 H, W = 240, 320
 

@@ -6,7 +6,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from daemon import sun
+from daemon.image import sun
 
 GREENWICH = (51.4769, 0.0)
 SYDNEY = (-33.8688, 151.2093)

@@ -71,7 +71,7 @@ import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 
 from client import StreamError, open_stream, read_parts, stream_url  # noqa: E402
-from daemon.atomicfile import write_atomic  # noqa: E402
+from daemon.storage.atomicfile import write_atomic  # noqa: E402
 from daemon.config import Config, ConfigError, parse_downscale  # noqa: E402
 from daemon.motion import RegionMeter, parse_regions  # noqa: E402
 

@@ -54,9 +54,9 @@ if str(ROOT) not in sys.path:
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from daemon.atomicfile import write_atomic  # noqa: E402
-from daemon.timefmt import format_duration  # noqa: E402
-from daemon.motionlog import DEEP_SLEEP_LOG, STATE_LOG  # noqa: E402
+from daemon.storage.atomicfile import write_atomic  # noqa: E402
+from daemon.core.timefmt import format_duration  # noqa: E402
+from daemon.motion.log import DEEP_SLEEP_LOG, STATE_LOG  # noqa: E402
 
 EXIT_ERROR, EXIT_USAGE = 1, 2
 RUNNING, STOPPED, DEEP_SLEEP, UNKNOWN, NO_DATA = "RUNNING", "STOPPED", "DEEP_SLEEP", "UNKNOWN", "NO DATA"

@@ -12,9 +12,9 @@ import os
 import socket
 from typing import Any, Callable, Mapping
 
-from ..bus import Event, EventBus
-from ..commands import Command, Registry, Reply, Session
-from ..status import ComponentStatus
+from daemon.core.bus import Event, EventBus
+from daemon.commands import Command, Registry, Reply, Session
+from daemon.core.status import ComponentStatus
 from .email import EmailChannel
 from .sender import Channel, Sender, SendError, format_duration, summarize
 from .webhook import WebhookChannel

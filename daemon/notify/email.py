@@ -15,7 +15,7 @@ from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from typing import Any, Mapping
 
-from ..bus import Event
+from daemon.core.bus import Event
 from .sender import Channel, SendError, format_duration, public_fields, summarize
 
 log = logging.getLogger("picamd.notify")

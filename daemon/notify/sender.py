@@ -28,9 +28,9 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from ..bus import Event
-from ..status import ComponentStatus
-from ..timefmt import format_duration
+from daemon.core.bus import Event
+from daemon.core.status import ComponentStatus
+from daemon.core.timefmt import format_duration
 
 log = logging.getLogger("picamd.notify")
 

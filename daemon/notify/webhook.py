@@ -12,8 +12,8 @@ from urllib.parse import urlsplit
 
 import requests
 
-from .. import __version__
-from ..bus import Event
+from daemon import __version__
+from daemon.core.bus import Event
 from .sender import Channel, SendError, public_fields, summarize
 
 # Lane key of the configured URL: resolved at each attempt, so fixing the URL with `set` also

@@ -21,7 +21,7 @@ from typing import Any
 
 import cv2
 
-from ..config import Config
+from daemon.config import Config
 from .base import Source, SourceError
 from .opencv_source import OpenCVSource, classify_device, redact_url
 from .picamera2_source import Picamera2Source, describe_controls, describe_sensor_modes, jsonable, load_picamera2

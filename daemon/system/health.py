@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from .config import Section
+from daemon.config import Section
 
 log = logging.getLogger("picamd.health")
 

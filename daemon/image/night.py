@@ -45,11 +45,11 @@ from typing import Any, Callable
 import cv2
 import numpy as np
 
-from . import sun
-from .bus import EventBus
-from .commands import Command, Registry, Reply, Session
-from .config import Section
-from .status import ComponentStatus
+from daemon.image import sun
+from daemon.core.bus import EventBus
+from daemon.commands import Command, Registry, Reply, Session
+from daemon.config import Section
+from daemon.core.status import ComponentStatus
 
 log = logging.getLogger("picamd.night")
 

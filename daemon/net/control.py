@@ -38,10 +38,10 @@ import threading
 import time
 from typing import Any, Iterator
 
-from .commands import Command, Registry, Reply, Session
-from .config import Section
-from .netutil import peer_allowed
-from .status import ComponentStatus
+from daemon.commands import Command, Registry, Reply, Session
+from daemon.config import Section
+from daemon.net.allow import peer_allowed
+from daemon.core.status import ComponentStatus
 
 log = logging.getLogger("picamd.control")
 

@@ -41,12 +41,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 from urllib.parse import parse_qs, urlsplit
 
-from . import __version__
-from .config import Section
-from .jpegfeed import JpegFeed
-from .netutil import peer_allowed
-from .ring import FrameMeta
-from .status import ComponentStatus
+from daemon import __version__
+from daemon.config import Section
+from daemon.net.jpegfeed import JpegFeed
+from daemon.net.allow import peer_allowed
+from daemon.capture.ring import FrameMeta
+from daemon.core.status import ComponentStatus
 
 __all__ = ["JpegFeed", "MjpegServer", "meta_headers"]
 

@@ -21,12 +21,12 @@ from typing import Any, Callable, Protocol
 import cv2
 import numpy as np
 
-from .bus import EventBus
-from .config import Section
-from .night import NightController, dark_score
-from .ring import FrameMeta, LatestSlot, Ring
-from .sources.base import Source, SourceError
-from .status import ComponentStatus
+from daemon.core.bus import EventBus
+from daemon.config import Section
+from daemon.image.night import NightController, dark_score
+from daemon.capture.ring import FrameMeta, LatestSlot, Ring
+from daemon.sources.base import Source, SourceError
+from daemon.core.status import ComponentStatus
 
 log = logging.getLogger("picamd.capture")
 

@@ -23,10 +23,10 @@ from typing import Iterator
 import cv2
 import numpy as np
 
-from .commands import Command, Registry, Reply, Session
-from .config import Section
-from .ring import FrameMeta, LatestSlot, Ring
-from .status import ComponentStatus
+from daemon.commands import Command, Registry, Reply, Session
+from daemon.config import Section
+from daemon.capture.ring import FrameMeta, LatestSlot, Ring
+from daemon.core.status import ComponentStatus
 
 log = logging.getLogger("picamd.encoder")
 

@@ -126,15 +126,15 @@ from typing import TYPE_CHECKING, Any, Iterable
 import cv2
 import numpy as np
 
-from .bus import Event, EventBus
-from .commands import Command, Registry, Reply, Session
-from .motionlog import DEEP_SLEEP_LOG, STATE_LOG, MotionLog, motion_log_name
-from .ring import FrameMeta
-from .status import ComponentStatus
-from .timefmt import format_duration
+from daemon.core.bus import Event, EventBus
+from daemon.commands import Command, Registry, Reply, Session
+from daemon.motion.log import DEEP_SLEEP_LOG, STATE_LOG, MotionLog, motion_log_name
+from daemon.capture.ring import FrameMeta
+from daemon.core.status import ComponentStatus
+from daemon.core.timefmt import format_duration
 
 if TYPE_CHECKING:
-    from .config import Section
+    from daemon.config import Section
 
 log = logging.getLogger("picamd.motion")
 

@@ -33,13 +33,13 @@ from typing import Any, Callable
 import cv2
 import numpy as np
 
-from .atomicfile import write_atomic
-from .bus import EventBus
-from .commands import Command, Registry, Reply, Session
-from .config import Section
-from .ring import FrameMeta, LatestSlot, Ring
-from .stacking import METHODS, MeanAccumulator, available_memory_bytes, stack
-from .status import ComponentStatus
+from daemon.storage.atomicfile import write_atomic
+from daemon.core.bus import EventBus
+from daemon.commands import Command, Registry, Reply, Session
+from daemon.config import Section
+from daemon.capture.ring import FrameMeta, LatestSlot, Ring
+from daemon.image.stacking import METHODS, MeanAccumulator, available_memory_bytes, stack
+from daemon.core.status import ComponentStatus
 
 log = logging.getLogger("picamd.export")
 

@@ -22,9 +22,9 @@ import time
 from datetime import datetime
 from typing import Any, Callable
 
-from .config import Section
-from .export import ExportCancelled, ExportError, Exporter, NoFrameError
-from .status import ComponentStatus
+from daemon.config import Section
+from daemon.storage.export import ExportCancelled, ExportError, Exporter, NoFrameError
+from daemon.core.status import ComponentStatus
 
 log = logging.getLogger("picamd.autosave")
 
