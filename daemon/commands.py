@@ -4,10 +4,16 @@ The TCP command port, tests and any later entry point (MQTT) dispatch through
 `Registry.dispatch`, so `help` writes itself and every entry point validates
 arguments and authorisation the same way.
 
+A command may have subcommands (`night` shows the mode, `night day` forces
+it): each (command, subcommand) pair is its own `Command` with its own
+arguments, help line and token rule, so reading stays open while changing
+state needs the token. A line's second word picks the subcommand when one of
+that name is registered; otherwise the plain command gets all the arguments.
+
 Wire format of a reply (see `Reply.encode`): a first line `OK ...` or
 `ERR <reason>`, then any body lines (pretty JSON or text), then one empty
 line that ends the reply. `shortstream` is the one exception: after its OK
-line come length-prefixed JPEG frames (see `mjpeg.py`/`control.py`).
+line come length-prefixed JPEG frames (see `net/jpegfeed.py`).
 """
 from __future__ import annotations
 
@@ -71,11 +77,19 @@ class Command:
     min_args: int = 0
     max_args: int | None = 0
     raw_tail: bool = False  # the last argument takes the rest of the line as it is (for `set KEY VALUE`)
+    sub: str = ""  # the subcommand word ("" for the plain command)
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.name} {self.sub}" if self.sub else self.name
+
+    def usage_line(self) -> str:
+        return f"{self.full_name} {self.usage}".rstrip()
 
 
 class Registry:
     def __init__(self, token: Callable[[], str] = lambda: "") -> None:
-        self._commands: dict[str, Command] = {}
+        self._commands: dict[str, dict[str, Command]] = {}  # name -> subcommand ("" plain) -> command
         self._lock = threading.Lock()
         self._token = token
         self.register(Command("help", self._help, "List the commands, or show one", usage="[COMMAND]", max_args=1))
@@ -83,25 +97,44 @@ class Registry:
 
     def register(self, command: Command) -> None:
         with self._lock:
-            if command.name.lower() in self._commands:
-                raise ValueError(f"command {command.name} is registered twice")
-            self._commands[command.name.lower()] = command
+            subs = self._commands.setdefault(command.name.lower(), {})
+            if command.sub.lower() in subs:
+                raise ValueError(f"command {command.full_name} is registered twice")
+            subs[command.sub.lower()] = command
 
     def add(self, name: str, help: str, *, usage: str = "", mutating: bool = False, min_args: int = 0,
-            max_args: int | None = 0, raw_tail: bool = False) -> Callable[[Handler], Handler]:
+            max_args: int | None = 0, raw_tail: bool = False, sub: str = "") -> Callable[[Handler], Handler]:
         """Decorator form of `register`."""
 
         def deco(fn: Handler) -> Handler:
-            self.register(Command(name, fn, help, usage, mutating, min_args, max_args, raw_tail))
+            self.register(Command(name, fn, help, usage, mutating, min_args, max_args, raw_tail, sub))
             return fn
 
         return deco
 
     def names(self) -> list[str]:
-        return sorted(c.name for c in self._commands.values())
+        """Every command and subcommand, as typed ("night", "night day", ...)."""
+        return sorted(c.full_name for subs in self._commands.values() for c in subs.values())
 
-    def get(self, name: str) -> Command | None:
-        return self._commands.get(name.lower())
+    def commands(self) -> list[Command]:
+        return sorted((c for subs in self._commands.values() for c in subs.values()), key=lambda c: (c.name.lower(), c.sub))
+
+    def get(self, name: str, sub: str = "") -> Command | None:
+        return self._commands.get(name.lower(), {}).get(sub.lower())
+
+    def _usage(self, name: str) -> str:
+        return " | ".join(c.usage_line() for c in self._commands[name.lower()].values())
+
+    def resolve(self, line: str) -> tuple[Command | None, str]:
+        """The command a line names and the rest of the line after it (and after its subcommand word)."""
+        name, _, rest = line.strip().partition(" ")
+        subs = self._commands.get(name.lower())
+        if not subs:
+            return None, rest
+        word, _, after = rest.strip().partition(" ")
+        if word and word.lower() in subs:
+            return subs[word.lower()], after
+        return subs.get(""), rest
 
     def dispatch(self, line: str, session: Session | None = None) -> Reply:
         """Run one command line. Never raises: every failure becomes an ERR reply."""
@@ -111,18 +144,20 @@ class Registry:
             return Reply.error("empty command (try help)")
         if not line.isprintable():
             return Reply.error("command contains control or binary characters")
-        name, _, rest = line.partition(" ")
-        cmd = self.get(name)
-        if cmd is None:
+        name = line.partition(" ")[0]
+        if name.lower() not in self._commands:
             return Reply.error(f"unknown command {name[:40]!r} (try help)")
+        cmd, rest = self.resolve(line)
+        if cmd is None:
+            return Reply.error(f"usage: {self._usage(name)}")
         if cmd.raw_tail and cmd.max_args:
             args = rest.strip().split(None, cmd.max_args - 1) if rest.strip() else []
         else:
             args = rest.split()
         if len(args) < cmd.min_args or (cmd.max_args is not None and len(args) > cmd.max_args):
-            return Reply.error(f"usage: {cmd.name} {cmd.usage}".rstrip())
+            return Reply.error(f"usage: {self._usage(name)}")
         if cmd.mutating and self._token() and not session.authorized:
-            return Reply.error(f"{cmd.name} changes state and needs 'token SECRET' first on this connection")
+            return Reply.error(f"{cmd.full_name} changes state and needs 'token SECRET' first on this connection")
         try:
             return cmd.handler(args, session)
         except Exception as exc:  # a handler bug answers ERR, it never drops the connection or the daemon
@@ -131,15 +166,20 @@ class Registry:
 
     # -- built-in commands
     def _help(self, args: list[str], session: Session) -> Reply:
+        token_set = bool(self._token())
+
+        def described(c: Command) -> str:
+            return c.help + (" (needs token)" if c.mutating and token_set else "")
+
         if args:
-            cmd = self.get(args[0])
-            if cmd is None:
+            subs = self._commands.get(args[0].lower())
+            if not subs:
                 return Reply.error(f"unknown command {args[0][:40]!r}")
-            lock = " (needs token)" if cmd.mutating and self._token() else ""
-            return Reply(True, cmd.name, text=f"{cmd.name} {cmd.usage}".rstrip() + f"\n  {cmd.help}{lock}")
-        width = max(len(f"{c.name} {c.usage}") for c in self._commands.values())
-        lines = [f"{(c.name + ' ' + c.usage).strip():<{width}}  {c.help}" for c in sorted(self._commands.values(), key=lambda c: c.name)]
-        return Reply(True, f"{len(lines)} commands", text="\n".join(lines))
+            entries = sorted(subs.values(), key=lambda c: c.sub)
+            return Reply(True, entries[0].name, text="\n".join(f"{c.usage_line()}\n  {described(c)}" for c in entries))
+        everything = self.commands()
+        width = max(len(c.usage_line()) for c in everything)
+        return Reply(True, f"{len(everything)} commands", text="\n".join(f"{c.usage_line():<{width}}  {described(c)}" for c in everything))
 
     def _auth(self, args: list[str], session: Session) -> Reply:
         token = self._token()

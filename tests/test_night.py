@@ -587,9 +587,11 @@ def test_forcing_needs_the_token_when_one_is_set():
     rig.run([50.5] * 3)
     stranger = Session(peer="192.168.1.50")
     first, _ = rig.command("night night", stranger)
-    assert first.startswith("ERR night changes state and needs 'token SECRET'")
+    assert first.startswith("ERR night night changes state and needs 'token SECRET'")
     assert rig.ctl.level()["mode"] == "auto" and rig.camera.calls == []
     assert rig.command("night_level", stranger)[0].startswith("OK DAY level=50.")  # reading is open
+    assert rig.command("night", stranger)[0] == "OK DAY mode=auto"  # showing the mode is reading too
+    assert rig.command("night bogus", stranger)[0].startswith("ERR usage: night")
     assert rig.command("token s3cret", stranger)[0] == "OK authorised"
     rig.ctl._command_wait_s = 0.0
     assert rig.command("night night", stranger)[0].startswith("OK NIGHT forced")
@@ -601,8 +603,10 @@ def test_commands_are_listed_in_help():
     reply = rig.registry.dispatch("help")
     text = reply.text
     assert reply.ok
-    assert "night_level" in text and "night [auto|day|night]" in text
-    assert rig.registry.get("night").mutating and not rig.registry.get("night_level").mutating
+    assert "night_level" in text and "night day" in text and "night auto" in text
+    # Reading is open, changing state needs the token: each (command, subcommand) has its own rule.
+    assert not rig.registry.get("night").mutating and not rig.registry.get("night_level").mutating
+    assert all(rig.registry.get("night", sub).mutating for sub in ("auto", "day", "night"))
 
 
 def test_night_auto_when_already_automatic_keeps_the_running_count():

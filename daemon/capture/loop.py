@@ -27,6 +27,7 @@ from daemon.image.night import NightController, dark_score
 from daemon.capture.ring import FrameMeta, LatestSlot, Ring
 from daemon.sources.base import Source, SourceError
 from daemon.core.status import ComponentStatus
+from daemon.core.worker import Worker
 
 log = logging.getLogger("picamd.capture")
 
@@ -61,8 +62,7 @@ class CaptureLoop:
         self._stages = list(stages or [])
         self._slowdown = slowdown
         self._source: Source | None = first_source
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._worker = Worker("capture", self._run, status=status, repeat=False)
         self._next_id = 1
         self._frames = 0
         self._fps = 0.0
@@ -78,13 +78,10 @@ class CaptureLoop:
 
     # -- lifecycle
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="picamd-capture", daemon=True)
-        self._thread.start()
+        self._worker.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=2.0)
+        self._worker.stop()
         self._close_source()
 
     # -- what others may ask
@@ -136,10 +133,11 @@ class CaptureLoop:
         return self._source
 
     def _run(self) -> None:
+        stop = self._worker.stopping
         backoff = 0.5
-        while not self._stop.is_set():
+        while not stop.is_set():
             if self._source is None and not self._open_source():
-                self._stop.wait(backoff)
+                stop.wait(backoff)
                 backoff = min(backoff * 2, self._cfg.reopen_backoff_max_s)
                 continue
             try:
@@ -164,7 +162,7 @@ class CaptureLoop:
             factor = self._slowdown()
             if factor > 1.0:
                 # Swap guard: stretch the frame interval to let memory recover.
-                self._stop.wait(self._frame_interval() * (factor - 1.0))
+                stop.wait(self._frame_interval() * (factor - 1.0))
 
     def _open_source(self) -> bool:
         try:

@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from daemon.core.latest import Latest
+
 log = logging.getLogger("picamd.ring")
 
 
@@ -75,8 +77,7 @@ class Ring:
         self._ts = np.zeros(capacity, dtype=np.float64)
         self._head = 0  # next slot to write
         self._count = 0
-        self._newest_id = -1
-        self._cond = threading.Condition()
+        self._newest = Latest[int]()  # readers wait here for a commit; the version is the frame id
 
     # -- writer side (the capture loop only)
     def next_slot(self) -> np.ndarray:
@@ -90,16 +91,15 @@ class Ring:
         self._metas[i] = meta
         self._ts[i] = meta.ts
         self._ids[i] = meta.frame_id
-        with self._cond:
-            self._head = (i + 1) % self.capacity
-            self._count = min(self._count + 1, self.capacity)
-            self._newest_id = meta.frame_id
-            self._cond.notify_all()
+        self._head = (i + 1) % self.capacity
+        self._count = min(self._count + 1, self.capacity)
+        self._newest.put(meta.frame_id, version=meta.frame_id)
 
     # -- reader side
     @property
     def newest_id(self) -> int:
-        return self._newest_id
+        got = self._newest.get()
+        return -1 if got is None else got[0]
 
     @property
     def fill(self) -> int:
@@ -140,14 +140,9 @@ class Ring:
         return self._metas[order[-1]] if order else None
 
     def wait_newer(self, after_id: int, timeout: float) -> tuple[np.ndarray, FrameMeta] | None:
-        """Block until a frame newer than `after_id` is there (or the timeout passes); returns a copy of the newest."""
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while self._newest_id <= after_id:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return None
-                self._cond.wait(left)
+        """Wait until the newest frame is not `after_id` (or the timeout passes); returns a copy of the newest."""
+        if self._newest.wait_newer(after_id, timeout) is None:
+            return None
         return self.latest()
 
     def metas(self) -> list[FrameMeta]:
@@ -202,7 +197,7 @@ class Ring:
 
 
 class LatestSlot:
-    """The newest full-resolution frame, overwritten rather than queued.
+    """The newest full-resolution frame, overwritten rather than queued (a `Latest` keyed by frame id).
 
     The capture loop `put`s each frame reference (the source returns a fresh
     array per frame, so no copy is needed); readers `wait_newer` and must not
@@ -210,27 +205,16 @@ class LatestSlot:
     """
 
     def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._frame: np.ndarray | None = None
-        self._meta: FrameMeta | None = None
+        self._latest = Latest[tuple[np.ndarray, FrameMeta]]()
 
     def put(self, frame: np.ndarray, meta: FrameMeta) -> None:
-        with self._cond:
-            self._frame, self._meta = frame, meta
-            self._cond.notify_all()
+        self._latest.put((frame, meta), version=meta.frame_id)
 
     def get(self) -> tuple[np.ndarray, FrameMeta] | None:
-        with self._cond:
-            if self._frame is None or self._meta is None:
-                return None
-            return self._frame, self._meta
+        got = self._latest.get()
+        return None if got is None else got[1]
 
     def wait_newer(self, after_id: int, timeout: float) -> tuple[np.ndarray, FrameMeta] | None:
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while self._meta is None or self._meta.frame_id <= after_id:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return None
-                self._cond.wait(left)
-            return self._frame, self._meta
+        """The newest frame once its id is not `after_id`; None when `timeout` passes first."""
+        got = self._latest.wait_newer(after_id, timeout)
+        return None if got is None else got[1]

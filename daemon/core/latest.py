@@ -48,7 +48,7 @@ class Latest(Generic[T]):
             return self._version
 
     def fail(self, reason: str) -> None:
-        """Wake every reader with `reason`: `wait_newer` raises `HandoffFailed` until the next `put`."""
+        """Wake every reader with `reason`: once it has the last value, `wait_newer` raises `HandoffFailed` until the next `put`."""
         with self._cond:
             self._error = reason
             self._cond.notify_all()
@@ -70,15 +70,16 @@ class Latest(Generic[T]):
     def wait_newer(self, after: int, timeout: float) -> tuple[int, T] | None:
         """Wait until a value whose version differs from `after` is there; None when `timeout` passes first.
 
-        Raises `HandoffFailed` if the producer has failed since its last put.
+        Raises `HandoffFailed` if the producer has failed since its last put and
+        the reader already has that last value (nothing put before a failure is lost).
         """
         deadline = time.monotonic() + timeout
         with self._cond:
             while True:
-                if self._error is not None:
-                    raise HandoffFailed(self._error)
                 if self._value is not None and self._version != after:
                     return self._version, self._value
+                if self._error is not None:
+                    raise HandoffFailed(self._error)
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return None

@@ -11,6 +11,8 @@ import threading
 import time
 from typing import Any
 
+from daemon.core.repeat import RepeatedLog
+
 
 class ComponentStatus:
     def __init__(self, name: str) -> None:
@@ -22,6 +24,7 @@ class ComponentStatus:
         self.last_error_ts: float | None = None
         self.errors = 0
         self._log = logging.getLogger(f"picamd.{name}")
+        self._errlog = RepeatedLog(self._log)
 
     @property
     def ok(self) -> bool:
@@ -51,13 +54,14 @@ class ComponentStatus:
         self._log.info("%s recovered after %.1f s (was: %s)", self.name, down_for, reason)
 
     def error(self, message: str, exc: BaseException | None = None) -> None:
-        """Count and remember an error (logged with its traceback at debug level only, to keep journald readable)."""
+        """Count and remember an error. The first of a kind is logged at once, repeats once a minute with a count
+        (a full disk under load must not flood the journal); tracebacks only at debug level."""
         with self._lock:
             self.errors += 1
             self.last_error = message if exc is None else f"{message}: {exc}"
             self.last_error_ts = time.time()
-        self._log.error("%s", self.last_error)
-        if exc is not None:
+            text = self.last_error
+        if self._errlog.error(message, "%s", text) and exc is not None:
             self._log.debug("traceback", exc_info=exc)
 
     def snapshot(self) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """`Worker`: a named thread with a stop event, a bounded stop and counted errors.
 
 Every threaded component runs its loop in one: the worker calls `step()`
-until it is stopped; a step that raises is counted, logged once per kind of
+until it is stopped (or once, with `repeat=False`, for a body that owns its
+loop, such as a source's reader that keeps its device in local variables); a step that raises is counted, logged once per kind of
 error (then counted, see `RepeatedLog`), recorded in the component's status
 and followed by a short pause, so a loop never dies silently and never spins
 at full speed on a persistent fault. `stop()` sets the event, calls the
@@ -31,6 +32,7 @@ class Worker:
         error_pause_s: float = 0.2,
         on_stop: Callable[[], None] | None = None,
         join_timeout_s: float = 2.0,
+        repeat: bool = True,
     ) -> None:
         if not name.startswith("picamd-"):
             name = "picamd-" + name
@@ -41,6 +43,7 @@ class Worker:
         self._error_pause_s = error_pause_s
         self._on_stop = on_stop
         self._join_timeout_s = join_timeout_s
+        self._repeat = repeat
         self.stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self.errors = 0
@@ -50,11 +53,16 @@ class Worker:
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
-    def start(self) -> None:
-        if self.alive:
+    def start(self, step: Callable[[], None] | None = None) -> None:
+        """Start the thread (a no-op while it runs); `step` replaces the body given at construction."""
+        if self.alive and not self.stopping.is_set():
             return
-        self.stopping.clear()
-        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+        if step is not None:
+            self._step = step
+        # A fresh event per run: a thread left finishing a step after a timed-out stop() keeps its own
+        # event set and ends, even when the worker is started again meanwhile.
+        self.stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(self.stopping,), name=self.name, daemon=True)
         self._thread.start()
 
     def stop(self, timeout_s: float | None = None) -> bool:
@@ -78,8 +86,8 @@ class Worker:
         """Sleep up to `seconds`, waking at once on stop; True if stopping."""
         return self.stopping.wait(seconds)
 
-    def _run(self) -> None:
-        while not self.stopping.is_set():
+    def _run(self, stopping: threading.Event) -> None:
+        while not stopping.is_set():
             try:
                 self._step()
             except Exception as exc:
@@ -89,8 +97,8 @@ class Worker:
                     self._status.error(f"{self.name} failed", exc)
                 else:
                     self._errlog.log(logging.ERROR, type(exc).__name__, "%s failed: %s", self.name, what, exc_info=exc)
-                if self.stopping.wait(self._error_pause_s):
+                if not self._repeat or stopping.wait(self._error_pause_s):
                     break
                 continue
-            if self._interval_s and self.stopping.wait(self._interval_s):
+            if not self._repeat or (self._interval_s and stopping.wait(self._interval_s)):
                 break

@@ -548,10 +548,11 @@ class NightController:
         registry.register(Command(
             "night_level", self._cmd_level,
             "Day or night, the day-equivalent brightness and the threshold that matters now; JSON details follow"))
-        registry.register(Command(
-            "night", self._cmd_night,
-            "Force day or night mode, or give the decision back to the brightness rule (auto); without argument, show the mode",
-            usage=_USAGE, mutating=True, max_args=1))
+        registry.register(Command("night", self._cmd_night, "Show the mode: DAY or NIGHT, automatic or forced"))
+        for choice, what in (("auto", "Give the decision back to the brightness rule"),
+                             ("day", "Force day mode (automatic switching off until 'night auto')"),
+                             ("night", "Force night mode (automatic switching off until 'night auto')")):
+            registry.register(Command("night", lambda _a, s, c=choice: self._cmd_night([c], s), what, mutating=True, sub=choice))
 
     def _cmd_level(self, args: list[str], session: Session) -> Reply:
         body = self.level()

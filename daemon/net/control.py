@@ -42,6 +42,7 @@ from daemon.commands import Command, Registry, Reply, Session
 from daemon.config import Section
 from daemon.net.allow import peer_allowed
 from daemon.core.status import ComponentStatus
+from daemon.core.worker import Worker
 
 log = logging.getLogger("picamd.control")
 
@@ -66,7 +67,7 @@ class _Client:
         self.sock = sock
         self.ip = ip
         self.peer = f"{ip}:{port}"
-        self.thread: threading.Thread | None = None
+        self.worker: Worker | None = None
         self._lock = threading.Lock()
         self._closed = False
 
@@ -99,11 +100,11 @@ class ControlServer:
         self._registry = registry
         self._status = status
         self._send_timeout_s = send_timeout_s
-        self._stop = threading.Event()
+        self._acceptor = Worker("control", self._serve, status=status, repeat=False)
+        self._stop = self._acceptor.stopping
         self._lock = threading.Lock()
         self._listener: socket.socket | None = None
         self._port: int | None = None
-        self._thread: threading.Thread | None = None
         self._clients: dict[int, _Client] = {}
         self._next_number = 0
         self._refusal_logged: dict[tuple[str, str], float] = {}
@@ -128,16 +129,15 @@ class ControlServer:
 
     def start(self) -> None:
         """Listen and start accepting. A bind failure (port taken) degrades the component and is retried in the background."""
-        if self._thread is not None:
+        if self._acceptor.alive:
             return
-        self._stop.clear()
         self._listen()
-        self._thread = threading.Thread(target=self._serve, name="picamd-control", daemon=True)
-        self._thread.start()
+        self._acceptor.start()
+        self._stop = self._acceptor.stopping  # the client threads watch the same event as the acceptor
 
     def stop(self) -> None:
         """Stop accepting, close every client connection; returns within about 2 s."""
-        if self._thread is None:
+        if not self._acceptor.alive:
             return
         deadline = time.monotonic() + 1.8
         self._stop.set()
@@ -145,16 +145,14 @@ class ControlServer:
             clients = list(self._clients.values())
         for client in clients:
             client.shutdown()
-        if self._thread is not None:
-            self._thread.join(max(0.0, deadline - time.monotonic()))
+        self._acceptor.stop(max(0.0, deadline - time.monotonic()))
         for client in clients:
-            if client.thread is not None:
-                client.thread.join(max(0.0, deadline - time.monotonic()))
-        busy = [c.peer for c in clients if c.thread is not None and c.thread.is_alive()]
+            if client.worker is not None:
+                client.worker.stop(max(0.0, deadline - time.monotonic()))
+        busy = [c.peer for c in clients if c.worker is not None and c.worker.alive]
         if busy:
             # A handler still running (a long save, say) keeps its daemon thread; its socket is already shut down.
             log.warning("command port stopped with %d command(s) still finishing (%s)", len(busy), ", ".join(busy))
-        self._thread = None
         log.info("command port stopped")
 
     def health(self) -> dict[str, Any]:
@@ -257,9 +255,9 @@ class ControlServer:
         if over:
             self._refuse(selector, lingering, sock, ip, "too many connections", "refused_too_many")
             return
-        client.thread = threading.Thread(target=self._serve_client, args=(client,), name=f"picamd-control-{client.number}", daemon=True)
+        client.worker = Worker(f"control-{client.number}", lambda: self._serve_client(client), repeat=False)
         try:
-            client.thread.start()
+            client.worker.start()
         except RuntimeError as exc:  # the system is out of threads
             with self._lock:
                 self._clients.pop(client.number, None)

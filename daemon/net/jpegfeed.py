@@ -23,10 +23,12 @@ from typing import Iterator
 import cv2
 import numpy as np
 
+from daemon.capture.ring import FrameMeta, LatestSlot, Ring
 from daemon.commands import Command, Registry, Reply, Session
 from daemon.config import Section
-from daemon.capture.ring import FrameMeta, LatestSlot, Ring
+from daemon.core.latest import HandoffFailed, Latest
 from daemon.core.status import ComponentStatus
+from daemon.core.worker import Worker
 
 log = logging.getLogger("picamd.encoder")
 
@@ -45,12 +47,10 @@ class JpegFeed:
         self._ring = ring
         self._latest = latest
         self._status = status
-        self._cond = threading.Condition()
-        self._jpeg: bytes | None = None
-        self._meta: FrameMeta | None = None
+        self._out = Latest[tuple[bytes, FrameMeta]]()  # the shared encoded frame; version = frame id
+        self._watch_cond = threading.Condition()
         self._watchers = 0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._worker = Worker("encoder", self._step, status=status, on_stop=self._wake_all)
         self._stats_lock = threading.Lock()
         self._encodes = 0
         self._encode_times: collections.deque[float] = collections.deque(maxlen=4096)
@@ -60,35 +60,30 @@ class JpegFeed:
 
     # -- lifecycle
     def start(self) -> None:
-        if self._thread is not None and self._thread.is_alive():
-            return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="picamd-encoder", daemon=True)
-        self._thread.start()
+        log.info("encoder running (quality %d, %s resolution); idle until someone watches", self._cfg.quality, self._cfg.resolution)
+        self._worker.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        with self._cond:
-            self._cond.notify_all()  # wakes consumers blocked in wait_newer
-        if self._thread is not None:
-            self._thread.join(timeout=1.5)
-            if self._thread.is_alive():
-                log.warning("encoder thread did not stop within 1.5 s")
-            self._thread = None
+        self._worker.stop()
+        log.info("encoder stopped after %d encodes", self._encodes)
+
+    def _wake_all(self) -> None:
+        self._out.fail("the encoder stopped")  # consumers blocked in wait_newer end now
+        with self._watch_cond:
+            self._watch_cond.notify_all()
 
     # -- consumers
     @contextlib.contextmanager
     def watch(self) -> Iterator["JpegFeed"]:
         """Register as a consumer for the duration of the block; the encoder runs while anyone watches."""
-        with self._cond:
+        with self._watch_cond:
             self._watchers += 1
-            self._cond.notify_all()
+            self._watch_cond.notify_all()
         try:
             yield self
         finally:
-            with self._cond:
+            with self._watch_cond:
                 self._watchers -= 1
-                self._cond.notify_all()
 
     @property
     def watchers(self) -> int:
@@ -102,8 +97,8 @@ class JpegFeed:
     def newest_id(self) -> int:
         """Id of the frame in the shared slot (-1 if none). Consumers start from it, so they
         never get a frame encoded long before they came."""
-        meta = self._meta
-        return meta.frame_id if meta is not None else -1
+        got = self._out.get()
+        return got[0] if got is not None else -1
 
     def wait_newer(self, after_id: int, timeout: float) -> tuple[bytes, FrameMeta] | None:
         """The newest encoded frame whose id differs from `after_id`, waiting up to `timeout` seconds.
@@ -115,22 +110,19 @@ class JpegFeed:
         inside `watch()`, starting with `after_id = feed.newest_id`.
         Returns None on timeout or when the feed stops.
         """
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while not self._stop.is_set():
-                if self._meta is not None and self._jpeg is not None and self._meta.frame_id != after_id:
-                    return self._jpeg, self._meta
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return None
-                self._cond.wait(left)
-        return None
+        if self._worker.stopping.is_set():
+            return None
+        try:
+            got = self._out.wait_newer(after_id, timeout)
+        except HandoffFailed:
+            return None
+        return None if got is None else got[1]
 
     def snapshot(self) -> tuple[bytes, FrameMeta] | None:
         """A JPEG of the newest frame: the shared one when it is current, else encoded now. None if no frame yet."""
         source = self._newest_source_frame()
-        with self._cond:
-            cached = (self._jpeg, self._meta) if self._jpeg is not None and self._meta is not None else None
+        held = self._out.get()
+        cached = held[1] if held is not None else None
         if source is None:
             return cached
         frame, meta = source
@@ -155,25 +147,19 @@ class JpegFeed:
         return got[1]
 
     # -- the encoder thread
-    def _run(self) -> None:
-        log.info("encoder running (quality %d, %s resolution); idle until someone watches", self._cfg.quality, self._cfg.resolution)
-        while not self._stop.is_set():
-            with self._cond:
-                while self._watchers == 0 and not self._stop.is_set():
-                    self._cond.wait(1.0)
-            if self._stop.is_set():
-                break
-            try:
-                self._encode_next()
-            except Exception as exc:
-                self._status.error("encoding a frame failed", exc)
-                self._status.degrade("encoding fails: " + " ".join(str(exc).split())[:200])
-                self._stop.wait(0.2)  # if every frame fails, do not spin at full speed logging errors
-        log.info("encoder stopped after %d encodes", self._encodes)
+    def _step(self) -> None:
+        with self._watch_cond:
+            if self._watchers == 0:
+                self._watch_cond.wait(1.0)
+                return
+        try:
+            self._encode_next()
+        except Exception as exc:
+            self._status.degrade("encoding fails: " + " ".join(str(exc).split())[:200])
+            raise  # the worker counts it, logs it once per kind and pauses
 
     def _encode_next(self) -> None:
-        with self._cond:
-            cached_id = self._meta.frame_id if self._meta is not None else -1
+        cached_id = self.newest_id
         after_id = max(cached_id, self._attempted_id)
         got = self._wait_source_frame(after_id, self.poll_s)
         if got is None:
@@ -195,8 +181,7 @@ class JpegFeed:
         if 0 <= newest < after_id:
             log.info("frame counter restarted (%d after %d); following the new frames", newest, after_id)
             self._attempted_id = -1
-            with self._cond:
-                self._jpeg, self._meta = None, None
+            self._out.clear()
 
     def _use_ring(self) -> bool:
         # 'full' falls back to the ring while the full-resolution slot is empty, so the
@@ -232,11 +217,9 @@ class JpegFeed:
         return buf.tobytes()
 
     def _publish(self, jpeg: bytes, meta: FrameMeta, *, only_if_newer: bool) -> None:
-        with self._cond:
-            if only_if_newer and self._meta is not None and meta.frame_id <= self._meta.frame_id:
-                return
-            self._jpeg, self._meta = jpeg, meta
-            self._cond.notify_all()
+        if only_if_newer and meta.frame_id <= self.newest_id:
+            return
+        self._out.put((jpeg, meta), version=meta.frame_id)
 
     # -- figures
     def encodes_per_s(self) -> float:
@@ -247,8 +230,8 @@ class JpegFeed:
         return recent / _RATE_WINDOW_S
 
     def health(self) -> dict:
-        with self._cond:
-            meta, jpeg = self._meta, self._jpeg
+        held = self._out.get()
+        jpeg, meta = held[1] if held is not None else (None, None)
         return {
             "watchers": self._watchers,
             "shortstreams": self._shortstreams,
@@ -290,7 +273,7 @@ class JpegFeed:
                 self._shortstreams += 1
             try:
                 last_id = self.newest_id
-                while sent < count and not self._stop.is_set():
+                while sent < count and not self._worker.stopping.is_set():
                     got = self.wait_newer(last_id, self.frame_wait_s)
                     if got is None:
                         log.warning("shortstream to %s ended after %d of %d frames: no new frame within %.0f s",

@@ -25,6 +25,9 @@ from typing import Any
 import cv2
 import numpy as np
 
+from daemon.core.latest import HandoffFailed, Latest
+from daemon.core.worker import Worker
+
 from .base import Source, SourceError
 
 log = logging.getLogger("picamd.opencv")
@@ -76,14 +79,10 @@ class OpenCVSource(Source):
         raw = camera.device if device is None else device
         self._kind, self._device = classify_device(raw)
         self._fps = float(camera.framerate)
-        self._cond = threading.Condition()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._frame: np.ndarray | None = None
-        self._frame_info: dict[str, Any] = {}
-        self._frame_seq = 0
-        self._returned_seq = 0
-        self._error: str | None = None
+        self._reader_worker = Worker("opencv-reader", lambda: None, repeat=False, join_timeout_s=CLOSE_WAIT_S)
+        self._open = False
+        self._frames = Latest[tuple[np.ndarray, dict[str, Any]]]()  # the reader thread's newest frame, or its failure
+        self._returned = 0  # version of the frame read() returned last
         self._next_due: float | None = None
         self._pending_fps: float | None = None
         self._props: dict[str, Any] = {}
@@ -98,7 +97,7 @@ class OpenCVSource(Source):
 
     @property
     def is_open(self) -> bool:
-        return self._thread is not None
+        return self._open
 
     @property
     def shown_device(self) -> str:
@@ -126,7 +125,7 @@ class OpenCVSource(Source):
         cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)  # the newest frame, not one from a queue of old ones
 
     def open(self) -> None:
-        if self._thread is not None and self._thread.is_alive():
+        if self._open and self._reader_worker.alive:
             return
         if not self._released.wait(CLOSE_WAIT_S):
             raise SourceError(f"{self.shown_device}: the previous capture has not released the device yet")
@@ -154,16 +153,13 @@ class OpenCVSource(Source):
                 self._file_fps = float(fps)
         self._props = self._read_props(cap)
         self._props.update({"width": int(frame.shape[1]), "height": int(frame.shape[0])})
-        with self._cond:
-            self._frame = None
-            self._frame_seq = self._returned_seq = 0
-            self._error = None
-            self._next_due = None
-        self._stop.clear()
+        self._frames = Latest()
+        self._returned = 0
+        self._next_due = None
         self._released.clear()
         self._loops = 0
-        self._thread = threading.Thread(target=self._reader, args=(cap, frame), name="picamd-opencv-reader", daemon=True)
-        self._thread.start()
+        self._open = True
+        self._reader_worker.start(lambda: self._reader(cap, frame))
         log.info("opened %s %s: %dx%d%s in %.2f s", self._kind, self.shown_device, frame.shape[1], frame.shape[0],
                  f", file at {self._file_fps:g} fps" if self._file_fps else "", time.monotonic() - started)
         if (frame.shape[1], frame.shape[0]) != (int(self._cam.width), int(self._cam.height)) and self._kind in ("index", "v4l2"):
@@ -199,7 +195,7 @@ class OpenCVSource(Source):
         file_interval = 1.0 / self._file_fps if self._file_fps else None
         next_file_frame = time.monotonic()
         try:
-            while not self._stop.is_set():
+            while not self._reader_worker.stopping.is_set():
                 if frame is None:
                     pending = self._pending_fps
                     if pending is not None:
@@ -231,7 +227,7 @@ class OpenCVSource(Source):
                     # Play the file in real time: wait for this frame's moment.
                     interval = file_interval or 1.0 / max(0.05, self._fps)
                     delay = next_file_frame - time.monotonic()
-                    if delay > 0 and self._stop.wait(delay):
+                    if delay > 0 and self._reader_worker.stopping.wait(delay):
                         return
                     now = time.monotonic()
                     next_file_frame = next_file_frame + interval if now - next_file_frame < interval else now + interval
@@ -267,64 +263,45 @@ class OpenCVSource(Source):
         return frame
 
     def _publish(self, frame: np.ndarray, info: dict[str, Any]) -> None:
-        with self._cond:
-            self._frame = frame
-            self._frame_info = info
-            self._frame_seq += 1
-            self._cond.notify_all()
+        self._frames.put((frame, info))
 
     def _fail(self, reason: str) -> None:
-        with self._cond:
-            self._error = reason
-            self._cond.notify_all()
+        self._frames.fail(reason)
         log.warning("%s %s: %s", self._kind, self.shown_device, reason)
 
     # -- Source interface --------------------------------------------------------------------
 
     def read(self, timeout: float) -> tuple[np.ndarray, dict[str, Any]] | None:
-        if self._thread is None:
+        if not self._open:
             raise SourceError(f"{self.shown_device} is not open")
         deadline = time.monotonic() + max(0.0, timeout)
-        with self._cond:
-            # Never faster than the configured frame rate.
-            if self._next_due is not None:
-                while self._error is None and not self._stop.is_set():
-                    left = min(deadline, self._next_due) - time.monotonic()
-                    if left <= 0:
-                        break
-                    self._cond.wait(left)
-                if time.monotonic() < self._next_due and self._error is None:
-                    return None
-            while self._frame_seq == self._returned_seq and self._error is None:
-                if self._stop.is_set():
-                    raise SourceError(f"{self.shown_device} was closed")
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return None
-                self._cond.wait(left)
-            if self._frame_seq == self._returned_seq:
-                raise SourceError(f"{self.shown_device}: {self._error}")
-            frame, info = self._frame, dict(self._frame_info)
-            self._returned_seq = self._frame_seq
-            now = time.monotonic()
-            interval = 1.0 / max(0.05, self._fps)
-            due = self._next_due if self._next_due is not None else now
-            self._next_due = due + interval if now - due < interval else now + interval
-        assert frame is not None
-        return frame, info
+        # Never faster than the configured frame rate.
+        if self._next_due is not None:
+            wait = min(deadline, self._next_due) - time.monotonic()
+            if wait > 0 and self._reader_worker.stopping.wait(wait):
+                raise SourceError(f"{self.shown_device} was closed")
+            if time.monotonic() < self._next_due:
+                return None
+        try:
+            got = self._frames.wait_newer(self._returned, max(0.0, deadline - time.monotonic()))
+        except HandoffFailed as exc:
+            raise SourceError(f"{self.shown_device}: {exc}") from None
+        if got is None:
+            return None
+        self._returned, (frame, info) = got
+        now = time.monotonic()
+        interval = 1.0 / max(0.05, self._fps)
+        due = self._next_due if self._next_due is not None else now
+        self._next_due = due + interval if now - due < interval else now + interval
+        return frame, dict(info)
 
     def close(self) -> None:
-        self._stop.set()
-        with self._cond:
-            self._cond.notify_all()
-        thread, self._thread = self._thread, None
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(CLOSE_WAIT_S)
-            if thread.is_alive():
-                # The thread is inside a blocking read; it releases the device as soon as that read returns.
-                log.warning("%s: reader still blocked in a read; the device is released when it returns", self.shown_device)
-        with self._cond:
-            self._frame = None
+        self._frames.fail("closed")
+        was_open, self._open = self._open, False
+        if was_open and not self._reader_worker.stop():
+            # The thread is inside a blocking read; it releases the device as soon as that read returns.
+            log.warning("%s: reader still blocked in a read; the device is released when it returns", self.shown_device)
+        self._frames.clear()
 
     def set_framerate(self, fps: float) -> None:
         if not fps or fps <= 0 or not math.isfinite(fps):

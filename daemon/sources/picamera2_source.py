@@ -42,6 +42,9 @@ from typing import Any
 
 import numpy as np
 
+from daemon.core.latest import HandoffFailed, Latest
+from daemon.core.worker import Worker
+
 from .base import Source, SourceError
 
 log = logging.getLogger("picamd.picamera2")
@@ -134,10 +137,10 @@ class Picamera2Source(Source):
         self._num = int(camera_num)
         self._fps = float(camera.framerate)
         self._cond = threading.Condition()
-        self._stop = threading.Event()
+        self._reader_worker = Worker("picamera2-reader", lambda: None, repeat=False, join_timeout_s=CLOSE_WAIT_S)
+        self._open = False
         self._released = threading.Event()
         self._released.set()
-        self._thread: threading.Thread | None = None
         self._cam: Any = None
         self._module: Any = None
         # what the camera should be doing: ("day",) or (mode, exposure_us, gain) after clamping
@@ -147,11 +150,8 @@ class Picamera2Source(Source):
         self._pending_controls: dict[str, Any] = {}
         self._full_requests: list[_FullCapture] = []
         self._mode = "closed"
-        self._frame: np.ndarray | None = None
-        self._frame_info: dict[str, Any] = {}
-        self._frame_seq = 0
-        self._returned_seq = 0
-        self._error: str | None = None
+        self._frames = Latest[tuple[np.ndarray, dict[str, Any]]]()  # the reader thread's newest frame, or its failure
+        self._returned = 0  # version of the frame read() returned last
         self._metadata: dict[str, Any] = {}
         self._limits: dict[str, Any] = {}
         self._sensor_modes: list[dict[str, Any]] | None = None
@@ -166,7 +166,7 @@ class Picamera2Source(Source):
 
     @property
     def is_open(self) -> bool:
-        return self._thread is not None
+        return self._open
 
     # -- configurations --------------------------------------------------------------------
 
@@ -229,7 +229,7 @@ class Picamera2Source(Source):
     # -- opening -----------------------------------------------------------------------------
 
     def open(self) -> None:
-        if self._thread is not None and self._thread.is_alive():
+        if self._open and self._reader_worker.alive:
             return
         if not self._released.wait(CLOSE_WAIT_S):
             raise SourceError("the Pi camera is still being released by the previous capture")
@@ -277,15 +277,13 @@ class Picamera2Source(Source):
         self._cam = cam
         self._mode = self._wanted[0]
         self._applied = self._wanted
+        self._frames = Latest()
+        self._returned = 0
         with self._cond:
-            self._frame = None
-            self._frame_seq = self._returned_seq = 0
-            self._error = None
             self._reconfigure = False
-        self._stop.clear()
         self._released.clear()
-        self._thread = threading.Thread(target=self._reader, args=(cam,), name="picamd-picamera2-reader", daemon=True)
-        self._thread.start()
+        self._open = True
+        self._reader_worker.start(lambda: self._reader(cam))
         exp_max = self._limit("ExposureTime", (None, None))[1]
         log.info("opened Pi camera %d (%s) at %dx%d, %s mode, %.3g fps; exposure up to %s us, in %.2f s",
                  self._num, self._info.get("Model", "?"), *self._configured_size, self._mode, self._fps,
@@ -295,7 +293,7 @@ class Picamera2Source(Source):
 
     def _reader(self, cam: Any) -> None:
         try:
-            while not self._stop.is_set():
+            while not self._reader_worker.stopping.is_set():
                 self._between_frames(cam)
                 request = self._next_request(cam)
                 if request is None:
@@ -319,7 +317,7 @@ class Picamera2Source(Source):
             try:
                 return cam.wait(job, timeout=POLL_S)
             except TimeoutError:
-                if self._stop.is_set():
+                if self._reader_worker.stopping.is_set():
                     return None
             except CancelledError:
                 return None
@@ -407,18 +405,13 @@ class Picamera2Source(Source):
     def _publish(self, frame: np.ndarray, metadata: dict) -> None:
         info = self._info_from(metadata)
         with self._cond:
-            self._frame = frame
-            self._frame_info = info
-            self._frame_seq += 1
             self._metadata = {k: jsonable(v) for k, v in metadata.items()}
             if self._mode == "day" and metadata.get("ColourGains"):
                 self._colour_gains = tuple(float(g) for g in metadata["ColourGains"])
-            self._cond.notify_all()
+        self._frames.put((frame, info))
 
     def _fail(self, reason: str) -> None:
-        with self._cond:
-            self._error = reason
-            self._cond.notify_all()
+        self._frames.fail(reason)
         log.warning("Pi camera %d: %s", self._num, reason)
 
     def _teardown(self, cam: Any) -> None:
@@ -444,34 +437,25 @@ class Picamera2Source(Source):
     # -- Source interface --------------------------------------------------------------------
 
     def read(self, timeout: float) -> tuple[np.ndarray, dict[str, Any]] | None:
-        if self._thread is None:
+        if not self._open:
             raise SourceError("Pi camera is not open")
-        deadline = time.monotonic() + max(0.0, timeout)
-        with self._cond:
-            while self._frame_seq == self._returned_seq and self._error is None:
-                left = deadline - time.monotonic()
-                if left <= 0 or self._stop.is_set():
-                    return None
-                self._cond.wait(left)
-            if self._frame_seq == self._returned_seq:
-                raise SourceError(f"Pi camera {self._num}: {self._error}")
-            self._returned_seq = self._frame_seq
-            frame, info = self._frame, dict(self._frame_info)
-        assert frame is not None
-        return frame, info
+        try:
+            got = self._frames.wait_newer(self._returned, max(0.0, timeout))
+        except HandoffFailed as exc:
+            raise SourceError(f"Pi camera {self._num}: {exc}") from None
+        if got is None:
+            return None
+        self._returned, (frame, info) = got
+        return frame, dict(info)
 
     def close(self) -> None:
-        self._stop.set()
-        thread, self._thread = self._thread, None
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(CLOSE_WAIT_S)
-            if thread.is_alive():
-                log.warning("Pi camera %d: still finishing a frame; it is released when the frame completes", self._num)
+        self._frames.fail("closed")
+        was_open, self._open = self._open, False
+        if was_open and not self._reader_worker.stop():
+            log.warning("Pi camera %d: still finishing a frame; it is released when the frame completes", self._num)
         self._cam = None
         self._mode = "closed"
-        with self._cond:
-            self._frame = None
-            self._cond.notify_all()
+        self._frames.clear()
 
     def set_framerate(self, fps: float) -> None:
         if not fps or fps <= 0 or not math.isfinite(fps):
@@ -542,7 +526,7 @@ class Picamera2Source(Source):
         and pauses the stream meanwhile: call it from a command or export
         thread, never from the capture loop. Raises SourceError on failure.
         """
-        if self._thread is None:
+        if not self._open:
             raise SourceError("Pi camera is not open")
         req = _FullCapture()
         with self._cond:

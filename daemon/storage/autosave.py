@@ -25,6 +25,7 @@ from typing import Any, Callable
 from daemon.config import Section
 from daemon.storage.export import ExportCancelled, ExportError, Exporter, NoFrameError
 from daemon.core.status import ComponentStatus
+from daemon.core.worker import Worker
 
 log = logging.getLogger("picamd.autosave")
 
@@ -79,9 +80,8 @@ class AutoSaver:
         self._is_night = is_night
         self._status = status
         self._clock = clock
-        self._stop = threading.Event()
         self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._worker = Worker("autosave", self._step, status=status, error_pause_s=_MAX_SLEEP_S, on_stop=self._wake.set)
         self._lock = threading.Lock()
         self._interval: float | None = None  # the interval next_due was computed for
         self._next_due: float | None = None
@@ -91,39 +91,24 @@ class AutoSaver:
 
     # -- lifecycle
     def start(self) -> None:
-        if self._thread is not None and self._thread.is_alive():
-            return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="picamd-autosave", daemon=True)
-        self._thread.start()
+        log.info("auto-save thread started")
+        self._worker.start()
 
     def stop(self) -> None:
         """Stops within 2 s; a night stack in progress is abandoned."""
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=2.0)
-            if self._thread.is_alive():
-                log.warning("auto-save thread did not stop within 2 s")
-            self._thread = None
+        self._worker.stop()
+        log.info("auto-save thread stopped")
 
     def _config_changed(self, name: str, value: Any) -> None:
         if name.endswith(".auto_save_interval_s"):
             self._wake.set()
 
-    def _run(self) -> None:
-        log.info("auto-save thread started")
-        while not self._stop.is_set():
-            try:
-                wait = self.tick()
-            except Exception as exc:  # never let one bad slot end auto-saving
-                self._status.error("auto-save loop failed", exc)
-                wait = _MAX_SLEEP_S
-            if self._stop.is_set():
-                break
-            self._wake.wait(max(0.0, min(wait, _MAX_SLEEP_S)))
-            self._wake.clear()
-        log.info("auto-save thread stopped")
+    def _step(self) -> None:
+        wait = self.tick()  # a failing slot is counted by the worker, which waits _MAX_SLEEP_S before the next look
+        if self._worker.stopping.is_set():
+            return
+        self._wake.wait(max(0.0, min(wait, _MAX_SLEEP_S)))
+        self._wake.clear()
 
     # -- the schedule
     def next_due(self) -> float | None:
@@ -194,7 +179,7 @@ class AutoSaver:
         try:
             if stacked:
                 paths = self._exporter.stack_next(int(self._cfg.stack_count), [fmt], kind="autostack",
-                                                  cancel=self._stop)
+                                                  cancel=self._worker.stopping)
             else:
                 self._check_fresh(slot, grace)
                 paths = self._exporter.save([fmt], kind="auto")
