@@ -160,8 +160,8 @@ class DaemonProcess:
             "ring.downscale": f"{RING_W}x{RING_H}",
             "control.bind": "127.0.0.1",
             "control.port": self.control_port,
-            "mjpeg.bind": "127.0.0.1",
-            "mjpeg.port": self.http_port,
+            "http.bind": "127.0.0.1",
+            "http.port": self.http_port,
             "export.base_dir": str(work / "captures"),
             "export.auto_save_interval_s": 0,
             "motion.log_dir": str(work / "logs"),
@@ -335,7 +335,12 @@ def _viewers_main(port: int, count: int, seconds: float) -> None:
     wait_for(lambda: all(v.frames > 0 or v.error for v in viewers), 15)
     print(json.dumps({"ready": True}), flush=True)
     done = threading.Event()
-    threading.Thread(target=lambda: (sys.stdin.read(), done.set()), daemon=True).start()  # the parent closes stdin to end early
+
+    def end_with_stdin() -> None:
+        sys.stdin.read()  # the parent closes stdin to end early
+        done.set()
+
+    threading.Thread(target=end_with_stdin, daemon=True).start()
     done.wait(seconds)
     for v in viewers:
         v.stop()

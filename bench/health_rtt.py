@@ -75,7 +75,7 @@ def main() -> int:
                 proc = None
                 if viewers:
                     proc = bl.viewers_process(daemon.http_port, viewers, seconds=600)
-                    ready = proc.stdout.readline()
+                    ready = proc.stdout.readline() if proc.stdout is not None else ""
                     if not ready.strip():
                         raise RuntimeError("the viewers process ended before its viewers got a frame")
                 try:
@@ -88,7 +88,7 @@ def main() -> int:
                         viewer_errors.extend(result["errors"])
                 samples[viewers].extend(times)
                 errors[viewers].extend(errs)
-        health = daemon.system.health()
+        health = daemon.health()
 
     rows = [["1 client alone, 0 viewers", len(serial), len(serial_errors), bl.percentile(serial, 50) * 1e3,
              bl.percentile(serial, 90) * 1e3, bl.percentile(serial, 99) * 1e3, max(serial) * 1e3]]

@@ -53,7 +53,8 @@ def start_seed(fps: float, quality: int) -> tuple[subprocess.Popen, int]:
 
     def ready() -> bool:
         if proc.poll() is not None:
-            raise RuntimeError(f"seed_like.py exited: {proc.stderr.read().decode(errors='replace')[-2000:]}")
+            err = proc.stderr.read().decode(errors="replace")[-2000:] if proc.stderr is not None else ""
+            raise RuntimeError(f"seed_like.py exited: {err}")
         try:
             return bl.http_json(port, "/health", timeout=2)["camera"]["frames"] > 0
         except OSError:
@@ -129,18 +130,18 @@ def main() -> int:
                 seed_proc.kill()
 
     rows = []
-    ratio_8_1 = {}
-    for server in ("ours", "seed-like"):
-        one = results[(server, 1)]
-        eight = results[(server, 8)]
+    ratio_8_1: dict[str, float] = {}
+    for name in ("ours", "seed-like"):
+        one = results[(name, 1)]
+        eight = results[(name, 8)]
         # The windows of one repeat ran back to back: compare them pairwise, then take the median.
-        ratio_8_1[server] = bl.median(e["cpu"] / o["cpu"] for o, e in zip(one, eight))
+        ratio_8_1[name] = bl.median(e["cpu"] / o["cpu"] for o, e in zip(one, eight))
         for n in VIEWER_COUNTS:
-            ws = results[(server, n)]
+            ws = results[(name, n)]
             per_client = [c for w in ws for c in w["per_client"]]
             distinct = [c for w in ws for c in w["distinct"]]
             rows.append([
-                server, n,
+                name, n,
                 bl.median(w["fps"] for w in ws),
                 bl.median(w["encodes_per_frame"] for w in ws) if n else bl.median(w["encodes"] for w in ws),
                 bl.median(per_client) if per_client else None,

@@ -26,10 +26,10 @@ motion, commit, latest slot) driven as fast as it goes on prerendered
 frames, with 0 regions and with 8 regions: the frame rate the capture
 thread could sustain, rendering aside.
 
-Part 3. Where the time goes: the OpenCV calls of one pass (`_Pass.run`)
+Part 3. Where the time goes: the OpenCV calls of one pass (`daemon.motion.measure.Pass.run`)
 timed one by one on the box one region of that size is measured in (its
 crop grown by the blur and dilation margin), then the one call per region
-(`_Pass.count`), against the per-region figure of part 1 for N = 1; the
+(`Pass.count`), against the per-region figure of part 1 for N = 1; the
 remainder is the Python around them (machine state, header text, log
 record) and what the calls lose run one after another on fresh frames
 (caches, OpenCV's worker threads) against each repeated on its own.
@@ -123,9 +123,9 @@ def writer_cost(motion: Motion) -> float:
     log = motion.log
     records = sum(len(payload) if kind == "frames" else 1 for kind, _, payload in log._queue)
     t0 = time.perf_counter()
-    log._drain(log._queue, deadline=None)
+    log.flush()
     elapsed = time.perf_counter() - t0
-    log._close_all()
+    log.stop()  # the thread was never started: this closes the files
     return elapsed / max(1, records)
 
 

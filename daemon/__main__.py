@@ -40,9 +40,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         config = Config.load(args.config)
         overrides = {
             "control.port": args.control_port,
-            "mjpeg.port": args.http_port,
+            "http.port": args.http_port,
             "control.bind": args.bind,
-            "mjpeg.bind": args.bind,
+            "http.bind": args.bind,
             "logging.level": args.log_level,
         }
         for key, value in overrides.items():
@@ -145,8 +145,8 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--config", default="config.yaml", help="config file (default: config.yaml)")
         p.add_argument("--source", help="auto, synthetic, picamera2, opencv, or a device path, URL or video file (opencv)")
         p.add_argument("--control-port", type=int, help="command port (overrides control.port)")
-        p.add_argument("--http-port", type=int, help="HTTP/MJPEG port (overrides mjpeg.port)")
-        p.add_argument("--bind", help="address both servers listen on (overrides control.bind and mjpeg.bind)")
+        p.add_argument("--http-port", type=int, help="HTTP port (overrides http.port)")
+        p.add_argument("--bind", help="address both servers listen on (overrides control.bind and http.bind)")
         p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
     add_run_args(parser)

@@ -23,7 +23,8 @@ from daemon.config import Config, ConfigError, parse_downscale
 from daemon.net.control import ControlServer
 from daemon.storage.export import Exporter
 from daemon.system.health import SwapGuard, SystemHealth
-from daemon.net.http import JpegFeed, MjpegServer
+from daemon.net.http import HttpServer
+from daemon.net.jpegfeed import JpegFeed
 from daemon.motion import Motion
 from daemon.image.night import NightController
 from daemon.notify import Notifier
@@ -31,6 +32,7 @@ from daemon.capture.ring import LatestSlot, Ring, plan_capacity
 from daemon.sources.base import Source
 from daemon.sources.select import build_source, list_cameras
 from daemon.core.status import ComponentStatus
+from daemon.core.worker import Worker
 from daemon.system.systemd import SystemdNotifier
 
 log = logging.getLogger("picamd.app")
@@ -121,7 +123,8 @@ class App:
         self.exporter = Exporter(config.section("export"), self.ring, self.latest, self.bus, self.statuses["export"])
         self.autosaver = AutoSaver(config.section("export"), self.exporter, lambda: self.night.is_night, self.statuses["autosave"])
         self.feed = JpegFeed(config.section("mjpeg"), self.ring, self.latest, self.statuses["encoder"])
-        self.mjpeg = MjpegServer(config.section("mjpeg"), lambda: config.get("control.allow"), self.feed, self.health, self.statuses["mjpeg"])
+        self.mjpeg = HttpServer(config.section("http"), config.section("mjpeg"), lambda: config.get("control.allow"), self.feed,
+                                self.health, self.statuses["mjpeg"])
         self.notifier = Notifier(config.section("notify"), self.bus, self.statuses["notify"])
 
         self.registry = Registry(token=lambda: config.get("control.token"))
@@ -131,8 +134,8 @@ class App:
         self.control = ControlServer(config.section("control"), self.registry, self.statuses["control"])
 
         self.systemd = SystemdNotifier()
-        self._stop = threading.Event()
-        self._watchdog_thread: threading.Thread | None = None
+        interval = self.systemd.watchdog_interval()
+        self._watchdog = Worker("watchdog", self._feed_watchdog, interval_s=min(5.0, interval / 2) if interval else 5.0)
         config.on_change("logging.level", lambda _k, v: logging.getLogger("picamd").setLevel(v))
         self.bus.subscribe("", self._log_event)
 
@@ -147,18 +150,17 @@ class App:
         self.mjpeg.start()
         self.control.start()
         self.autosaver.start()
-        self._watchdog_thread = threading.Thread(target=self._watchdog, name="picamd-watchdog", daemon=True)
-        self._watchdog_thread.start()
+        self._watchdog.start()
         self.systemd.ready()
         log.info(
             "picamd %s running: commands on %s:%s, stream on http://%s:%s/stream, %s",
             __version__, self.config.get("control.bind"), self.control.port,
-            self.config.get("mjpeg.bind"), self.mjpeg.port, self.capture.health()["source"],
+            self.config.get("http.bind"), self.mjpeg.port, self.capture.health()["source"],
         )
 
     def stop(self) -> None:
         self.systemd.stopping()
-        self._stop.set()
+        self._watchdog.stop()
         # Servers first so no new work arrives, then the producers, then the consumers.
         for component in (self.control, self.mjpeg, self.autosaver, self.exporter, self.feed, self.capture, self.motion, self.notifier):
             try:
@@ -167,14 +169,11 @@ class App:
                 log.exception("stopping %s failed", type(component).__name__)
         log.info("picamd stopped")
 
-    def _watchdog(self) -> None:
+    def _feed_watchdog(self) -> None:
         """Feed systemd's watchdog only while frames flow, so a stuck camera gets the service restarted."""
-        interval = self.systemd.watchdog_interval()
-        period = min(5.0, interval / 2) if interval else 5.0
-        while not self._stop.wait(period):
-            if self.capture.flowing():
-                self.systemd.watchdog()
-            self.systemd.status(self._one_line_status())
+        if self.capture.flowing():
+            self.systemd.watchdog()
+        self.systemd.status(self._one_line_status())
 
     def _log_event(self, event) -> None:
         if event.kind.startswith(("night.", "camera.", "disk.")):

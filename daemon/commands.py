@@ -23,6 +23,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
+from daemon.core.repeat import RepeatedLog
+
 log = logging.getLogger("picamd.commands")
 
 
@@ -92,6 +94,7 @@ class Registry:
         self._commands: dict[str, dict[str, Command]] = {}  # name -> subcommand ("" plain) -> command
         self._lock = threading.Lock()
         self._token = token
+        self._errlog = RepeatedLog(log)
         self.register(Command("help", self._help, "List the commands, or show one", usage="[COMMAND]", max_args=1))
         self.register(Command("token", self._auth, "Authorise this connection for commands that change state", usage="SECRET", min_args=1, max_args=1))
 
@@ -161,7 +164,8 @@ class Registry:
         try:
             return cmd.handler(args, session)
         except Exception as exc:  # a handler bug answers ERR, it never drops the connection or the daemon
-            log.exception("command %r failed", line[:200])
+            self._errlog.log(logging.ERROR, f"{cmd.full_name} {type(exc).__name__}", "command %r failed: %s", line[:200], exc,
+                             exc_info=exc)
             return Reply.error(f"{cmd.name} failed: {exc}")
 
     # -- built-in commands

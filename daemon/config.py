@@ -18,6 +18,8 @@ import json
 import logging
 import math
 import os
+import re
+import socket
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +27,7 @@ from typing import Any, Callable
 
 import yaml
 
+from daemon.motion.regions import check_masks, check_regions
 from daemon.storage.atomicfile import write_atomic
 
 log = logging.getLogger("picamd.config")
@@ -47,6 +50,8 @@ class Key:
     secret: bool = False
     # Extra validation/normalisation: returns the normalised value or raises ValueError(reason).
     check: Callable[[Any], Any] | None = None
+    # How the README and the example config show a default that depends on the machine (the host name).
+    shown_default: str | None = None
 
     def validate(self, value: Any) -> Any:
         """Coerce and validate a value from YAML or from `set`; raises ConfigError naming key, value and reason."""
@@ -208,22 +213,60 @@ def _check_downscale(value: str) -> str:
 
 
 def _check_regions(value: list) -> list:
-    # Deep validation lives with the motion component (motion.parse_regions); here only the shape.
-    for item in value:
-        if not isinstance(item, dict) or not item.get("name"):
-            raise ValueError("each region must be a mapping with at least a name")
-    names = [r["name"] for r in value]
-    if len(set(names)) != len(names):
-        raise ValueError("region names must be unique")
-    # Everything that does not need the frame size (bounds are checked by Motion against the real frame).
-    # Imported here: motion imports modules that must not import config back at load time.
-    from daemon.motion import check_regions
+    # The one validation of regions (without the frame size: Motion checks the bounds against the real frame).
     return check_regions(value)
 
 
 def _check_masks(value: list) -> list:
-    from daemon.motion import check_masks
     return check_masks(value)
+
+
+def _check_camera_name(value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", value):
+        raise ValueError("must be 1 to 64 letters (a-z, A-Z), digits, - or _ (it becomes an MQTT topic level)")
+    return value
+
+
+def _host_name() -> str:
+    """The host name as a valid camera.name: its first label, other characters as -, picamd when none is left."""
+    name = re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname().split(".")[0])[:64]
+    return name if name.strip("-") else "picamd"
+
+
+def _check_detect_classes(value: list) -> list:
+    out: list[str | int] = []
+    for item in value:
+        if isinstance(item, bool) or not isinstance(item, (str, int)):
+            raise ValueError(f"{item!r} is not a class name or id")
+        if isinstance(item, int) or str(item).strip().isdigit():
+            if int(item) < 0:
+                raise ValueError(f"class id {item!r} must be >= 0")
+            out.append(int(item))
+        elif str(item).strip():
+            out.append(str(item).strip())
+        else:
+            raise ValueError("an empty class name")
+    return out
+
+
+def _check_detect_zone(value: list) -> list:
+    """[] (the whole frame) or [x, y, w, h] in full-frame pixels, or fractions when every number is <= 1."""
+    if not value:
+        return []
+    if len(value) != 4:
+        raise ValueError("must be [] or [x, y, w, h] (pixels of the full frame, or fractions 0..1)")
+    try:
+        nums = [float(v) for v in value if not isinstance(v, bool)]
+    except (TypeError, ValueError):
+        raise ValueError("x, y, w, h must be numbers") from None
+    if len(nums) != 4 or not all(math.isfinite(v) for v in nums):
+        raise ValueError("x, y, w, h must be finite numbers")
+    x, y, w, h = nums
+    if x < 0 or y < 0 or w <= 0 or h <= 0:
+        raise ValueError("x and y must be >= 0, w and h > 0")
+    if all(v <= 1 for v in nums) and (x + w > 1.0001 or y + h > 1.0001):
+        raise ValueError("as fractions, x + w and y + h must be <= 1")
+    return [int(v) if v.is_integer() and v > 1 else v for v in nums]
 
 
 PRIVATE_NETS = ["127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16", "fc00::/7", "fe80::/10"]
@@ -232,6 +275,8 @@ PRIVATE_NETS = ["127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.16
 
 SCHEMA: tuple[Key, ...] = (
     # camera
+    Key("camera.name", str, _host_name(), "Name of this camera in alerts, MQTT topics and the fleet view", live=False,
+        check=_check_camera_name, shown_default="the host name"),
     Key("camera.source", str, "auto", "Frame source: auto (Pi camera, else /dev/video0, else synthetic), picamera2, opencv or synthetic", choices=("auto", "picamera2", "opencv", "synthetic"), live=False),
     Key("camera.device", str, "/dev/video0", "For the opencv source: a USB camera index, a V4L2 path, an RTSP/HTTP URL or a video file", live=False),
     Key("camera.loop_video", bool, True, "For a video file: start again at the end instead of reporting the source as finished", live=False),
@@ -291,13 +336,14 @@ SCHEMA: tuple[Key, ...] = (
     Key("control.idle_timeout_s", float, 300.0, "Close a command connection idle for this long", min=1, max=86400),
     Key("control.max_line_bytes", int, 4096, "Longest command line accepted", min=64, max=1_048_576),
     Key("control.script_linger_s", float, 1.0, "A client whose first command arrives at once after connecting (echo CMD | nc, which never closes its side) is disconnected once it has been answered and stays silent this long; 0 keeps every connection until idle_timeout_s", min=0, max=3600),
-    # MJPEG / HTTP
-    Key("mjpeg.bind", str, "0.0.0.0", "Address the HTTP server listens on", live=False),
-    Key("mjpeg.port", int, 8080, "HTTP port for /stream, /snapshot.jpg, /health and the page", min=0, max=65535, live=False),
+    # HTTP server
+    Key("http.bind", str, "0.0.0.0", "Address the HTTP server listens on", live=False),
+    Key("http.port", int, 8080, "HTTP port for /stream, /snapshot.jpg, /meta, /health and the page", min=0, max=65535, live=False),
+    Key("http.max_clients", int, 16, "Most simultaneous HTTP connections", min=1, max=1024),
+    # MJPEG stream
     Key("mjpeg.quality", int, 80, "JPEG quality of the stream", min=10, max=100),
     Key("mjpeg.max_fps", float, 15.0, "Highest frame rate sent to one viewer (a viewer may ask for less with ?fps=)", min=0.1, max=120),
     Key("mjpeg.resolution", str, "full", "Stream the full camera frame or the downscaled ring frame", choices=("full", "ring")),
-    Key("mjpeg.max_clients", int, 16, "Most simultaneous HTTP connections", min=1, max=1024),
     # health
     Key("health.swap_guard_mb", float, 64.0, "When swap in use exceeds this, the capture slows down to let memory recover", min=0, max=1_000_000),
     Key("health.swap_guard_factor", float, 2.0, "How much slower the capture runs while the swap guard is on", min=1, max=100),
@@ -335,11 +381,38 @@ SCHEMA: tuple[Key, ...] = (
     Key("notify.email.recipients", list, [], "To addresses"),
     Key("notify.email.username", str, "", "SMTP user; the password comes from the environment variable PICAMD_SMTP_PASSWORD"),
     Key("notify.email.ca_file", str, "", "PEM file of certificates to trust for the SMTP server's TLS (a local relay with its own certificate); empty: the system's"),
+    # detection (on-device, off by default)
+    Key("detect.enabled", bool, False, "Run the person detector on the newest full-resolution frame (costs memory and CPU; see the Pi memory table)"),
+    Key("detect.backend", str, "tflite", "Detector backend (tflite: LiteRT, else tflite-runtime); a change reloads the detector", choices=("tflite",)),
+    Key("detect.model", str, "", "Model file (.tflite: YOLOv8/YOLO11, YOLOv5 or SSD with post-process); empty: the built-in SSD MobileNet; a change reloads the detector"),
+    Key("detect.labels", str, "", "Label file, one name per line; empty: the file beside the model (same name .txt, or labels.txt), the model's own names, or the built-in SSD's"),
+    Key("detect.classes", list, ["person"], "Class names (or ids) to keep; [] keeps every class", check=_check_detect_classes),
+    Key("detect.score_threshold", float, 0.5, "Lowest score of a detection", min=0.01, max=1),
+    Key("detect.iou_threshold", float, 0.45, "Overlap above which NMS drops the weaker of two boxes", min=0.01, max=1),
+    Key("detect.threads", int, 2, "Interpreter threads; a change reloads the detector", min=1, max=4),
+    Key("detect.max_fps", float, 2.0, "Most inferences per second (the worker takes the newest frame, never a backlog)", min=0.05, max=30),
+    Key("detect.gate", str, "motion", "When to run: motion (a change in detect.zone or the whole ring frame since the last inference), regions (a named motion region is moving) or always", choices=("motion", "regions", "always")),
+    Key("detect.gate_threshold", float, 0.002, "Fraction of the ring frame (or zone) that must have changed since the last inference to open the motion gate", min=0, max=1),
+    Key("detect.zone", list, [], "[] or [x, y, w, h] of the full frame (pixels, or fractions 0..1) cropped before the model; the motion gate looks there too", check=_check_detect_zone),
+    Key("detect.draw_boxes", bool, False, "Draw the boxes on the stream's JPEGs (never on the ring or saved raw frames)"),
+    Key("detect.events_keep", int, 100, "Recent detection events kept for 'detect events'", min=1, max=10000),
+    Key("detect.dwell_s", float, 1.0, "A person is an event (detect.person) once tracked this long", min=0, max=3600),
+    Key("detect.clear_s", float, 10.0, "detect.clear after no one has been tracked for this long", min=0, max=86400),
+    Key("detect.groups", bool, True, "Group people with DBSCAN over their foot points (loads scikit-learn, about 100 MiB, the first time two people are seen)"),
+    Key("detect.group_eps", float, 1.0, "Two people within this many body heights of each other are neighbours", min=0.05, max=20),
+    Key("detect.group_min_samples", int, 2, "Fewest people in a group", min=2, max=100),
     # logging
     Key("logging.level", str, "INFO", "Log level", choices=("DEBUG", "INFO", "WARNING", "ERROR")),
 )
 
 KEYS: dict[str, Key] = {k.name: k for k in SCHEMA}
+
+#: Keys that moved: a config file with the old name still loads (with one log line); `set` and `get` name the new one.
+RENAMED: dict[str, str] = {
+    "mjpeg.bind": "http.bind",
+    "mjpeg.port": "http.port",
+    "mjpeg.max_clients": "http.max_clients",
+}
 
 
 def _nest(flat: dict[str, Any]) -> dict[str, Any]:
@@ -364,6 +437,21 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[name] = v  # unknown key: reported by the caller
     return flat
+
+
+def _move_renamed(flat: dict[str, Any], path: str | os.PathLike) -> dict[str, Any]:
+    """Old key names in a config file -> the new ones, with one log line saying what to rename."""
+    moved = [(old, new) for old, new in RENAMED.items() if old in flat]
+    if not moved:
+        return flat
+    out = dict(flat)
+    for old, new in moved:
+        if new in out:
+            raise ConfigError(f"{path}: both {old} and {new} are set; {old} is the old name of {new}: keep only {new}")
+        out[new] = out.pop(old)
+    renames = ", ".join(f"{old} is now {new}" for old, new in moved)
+    log.warning("config: %s; rename %s in %s", renames, "it" if len(moved) == 1 else "them", Path(path).name)
+    return out
 
 
 def _cross_check(values: dict[str, Any]) -> None:
@@ -406,19 +494,19 @@ class Config:
             raise ConfigError(f"{path}: not valid YAML: {exc}") from None
         if not isinstance(tree, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of sections")
-        return cls(_flatten(tree), path=path)
+        return cls(_move_renamed(_flatten(tree), path), path=path)
 
     @staticmethod
     def _validate(name: str, value: Any) -> Any:
         key = KEYS.get(name)
         if key is None:
-            raise ConfigError(f"{name}: unknown key (see dump_config for the known ones)")
+            raise _unknown(name)
         return key.validate(value)
 
     # -- reading
     def get(self, name: str) -> Any:
         if name not in KEYS:
-            raise ConfigError(f"{name}: unknown key (see dump_config for the known ones)")
+            raise _unknown(name)
         return self._values[name]
 
     def section(self, prefix: str) -> "Section":
@@ -468,6 +556,12 @@ class Config:
         return write_atomic(target, body.encode())
 
 
+def _unknown(name: str) -> ConfigError:
+    if name in RENAMED:
+        return ConfigError(f"{name}: this key is now {RENAMED[name]}; use {RENAMED[name]}")
+    return ConfigError(f"{name}: unknown key (see dump_config for the known ones)")
+
+
 class Section:
     """A live view of one section: `cfg.dark_threshold` reads `night.dark_threshold` now."""
 
@@ -504,7 +598,8 @@ def markdown_table() -> str:
         default = json.dumps(k.default) if not isinstance(k.default, str) else (k.default or '""')
         if isinstance(k.default, list) and len(default) > 40:
             default = default[:37] + "..."
-        rows.append(f"| `{k.name}` | `{default}` | {k.describe_range()} | {'yes' if k.live else 'restart'} | {k.doc} |")
+        default = f"`{default}`" if k.shown_default is None else k.shown_default
+        rows.append(f"| `{k.name}` | {default} | {k.describe_range()} | {'yes' if k.live else 'restart'} | {k.doc} |")
     return "\n".join(rows)
 
 
@@ -529,5 +624,8 @@ def commented_yaml(values: dict[str, Any] | None = None) -> str:
         rendered = yaml.safe_dump({leaf: value}, default_flow_style=True, width=10_000).strip()[1:-1]
         rng = k.describe_range().replace(" \\| ", "|")
         lines.append(f"{indent}# {k.doc}" + (f" [{rng}]" if rng else "") + ("" if k.live else " (restart)"))
+        if k.shown_default is not None and k.name not in values:
+            # Left out, so a file copied to another machine does not carry this machine's value.
+            rendered = f"# {leaf}: ({k.shown_default} when not set)"
         lines.append(f"{indent}{rendered}")
     return "\n".join(lines) + "\n"

@@ -68,7 +68,7 @@ class Daemon:
             "camera": {"width": 640, "height": 480, "framerate": 15.0, "stall_timeout_s": 2.0, "reopen_backoff_max_s": 1.0},
             "ring": {"size": 60, "downscale": "160x120"},
             "control": {"bind": "127.0.0.1", "port": self.control_port},
-            "mjpeg": {"bind": "127.0.0.1", "port": self.http_port},
+            "http": {"bind": "127.0.0.1", "port": self.http_port},
             "export": {"base_dir": str(workdir / "captures"), "auto_save_interval_s": 0},
             "motion": {"log_dir": str(workdir / "logs")},
             "logging": {"level": "DEBUG"},

@@ -1,11 +1,15 @@
 """The one schema: loading, validation, set, dump, save, and the README table."""
 from __future__ import annotations
 
+import logging
+import re
+import socket
+
 import pytest
 import yaml
+from daemon_proc import ROOT
 
 from daemon.config import KEYS, SCHEMA, Config, ConfigError, commented_yaml, markdown_table, parse_downscale
-from daemon_proc import ROOT
 
 
 def test_every_key_has_doc_default_that_validates():
@@ -24,8 +28,11 @@ def test_repo_config_yaml_loads_and_documents_every_key():
 
 def test_commented_yaml_round_trips():
     tree = yaml.safe_load(commented_yaml())
-    cfg = Config.load(None)
-    assert tree == cfg.dump(redact=False)
+    dumped = Config.load(None).dump(redact=False)
+    # camera.name is left commented out, so a copied file does not give two cameras the same name.
+    assert "name" not in tree["camera"] and "(the host name when not set)" in commented_yaml()
+    del dumped["camera"]["name"]
+    assert tree == dumped
 
 
 @pytest.mark.parametrize("key,value,reason", [
@@ -40,6 +47,11 @@ def test_commented_yaml_round_trips():
     ("ring.downscale", "axb", "WIDTHxHEIGHT"),
     ("camera.framerate", "nan", "finite"),
     ("notify.webhook.headers", "[1, 2]", "must be a mapping"),
+    ("camera.name", "front door", "letters (a-z, A-Z), digits, - or _"),
+    ("camera.name", "site/cam", "MQTT topic level"),
+    ("camera.name", "cam+", "MQTT topic level"),
+    ("camera.name", "", "1 to 64"),
+    ("camera.name", "c" * 65, "1 to 64"),
 ])
 def test_set_refuses_bad_values_naming_key_value_reason_and_changes_nothing(key, value, reason):
     cfg = Config.load(None)
@@ -116,3 +128,50 @@ def test_readme_config_table_matches_schema():
     readme = (ROOT / "README.md").read_text()
     assert table in readme, "README config table is stale: run `make docs`"
     assert len(table.splitlines()) == len(KEYS) + 2
+
+
+def test_camera_name_defaults_to_the_host_name():
+    cfg = Config.load(None)
+    name = cfg.get("camera.name")
+    assert re.fullmatch(r"[A-Za-z0-9_-]{1,64}", name)
+    host = socket.gethostname().split(".")[0]
+    if re.fullmatch(r"[A-Za-z0-9_-]{1,64}", host):
+        assert name == host
+    assert cfg.set("camera.name", "front-door_2") is False and cfg.get("camera.name") == "front-door_2"  # applies at restart
+    assert "| `camera.name` | the host name |" in markdown_table()
+
+
+def test_old_http_keys_in_a_file_still_load_with_one_line_saying_what_to_rename(tmp_path, caplog):
+    path = tmp_path / "config.yaml"
+    path.write_text("mjpeg:\n  bind: 127.0.0.1\n  port: 8081\n  max_clients: 4\n  quality: 70\n")
+    with caplog.at_level(logging.WARNING, logger="picamd.config"):
+        cfg = Config.load(path)
+    assert [cfg.get(k) for k in ("http.bind", "http.port", "http.max_clients", "mjpeg.quality")] == ["127.0.0.1", 8081, 4, 70]
+    assert [r.getMessage() for r in caplog.records if r.name == "picamd.config"] == [
+        "config: mjpeg.bind is now http.bind, mjpeg.port is now http.port, mjpeg.max_clients is now http.max_clients; "
+        "rename them in config.yaml"
+    ]
+    cfg.save()  # overwrite_config writes the new names
+    saved = yaml.safe_load(path.read_text())
+    assert saved["http"] == {"bind": "127.0.0.1", "port": 8081, "max_clients": 4}
+    assert set(saved["mjpeg"]) == {"quality", "max_fps", "resolution"}
+
+    caplog.clear()
+    path.write_text("mjpeg:\n  port: 8082\n")
+    with caplog.at_level(logging.WARNING, logger="picamd.config"):
+        assert Config.load(path).get("http.port") == 8082
+    assert [r.getMessage() for r in caplog.records] == ["config: mjpeg.port is now http.port; rename it in config.yaml"]
+
+    path.write_text("mjpeg:\n  port: 8081\nhttp:\n  port: 8082\n")
+    with pytest.raises(ConfigError, match="both mjpeg.port and http.port are set; .* keep only http.port"):
+        Config.load(path)
+
+
+@pytest.mark.parametrize("old,new", [("mjpeg.bind", "http.bind"), ("mjpeg.port", "http.port"), ("mjpeg.max_clients", "http.max_clients")])
+def test_set_and_get_of_a_moved_key_name_the_new_one(old, new):
+    cfg = Config.load(None)
+    with pytest.raises(ConfigError, match=f"^{re.escape(old)}: this key is now {re.escape(new)}; use {re.escape(new)}$"):
+        cfg.set(old, "8081")
+    with pytest.raises(ConfigError, match=f"this key is now {re.escape(new)}"):
+        cfg.get(old)
+    assert cfg.get(new) == KEYS[new].default

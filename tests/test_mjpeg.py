@@ -1,7 +1,6 @@
-"""JpegFeed and MjpegServer through their real interfaces: HTTP on loopback, OpenCV decoding, the command registry."""
+"""JpegFeed and HttpServer through their real interfaces: HTTP on loopback, OpenCV decoding, the command registry."""
 from __future__ import annotations
 
-import http.client
 import json
 import re
 import socket
@@ -11,17 +10,16 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 import pytest
-
-from daemon.commands import Registry
-from daemon.config import Config
-from daemon.net.http import JpegFeed, MjpegServer
-from daemon.capture.ring import FrameMeta, LatestSlot, Ring
-from daemon.core.status import ComponentStatus
 from daemon_proc import wait_for
+from rigs import HttpRig, request
+
+from daemon.capture.ring import FrameMeta
+from daemon.commands import Registry
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.timeout(90)
@@ -31,111 +29,24 @@ RING_W, RING_H = 160, 120
 NOTE = "line one\r\nInjected: yes"
 
 
-
-class Feeder:
-    """Stands in for the capture loop: commits a moving square over a fixed texture at about 20 fps."""
-
-    def __init__(self, ring: Ring, latest: LatestSlot, fps: float = 20.0) -> None:
-        self.ring, self.latest, self.interval = ring, latest, 1.0 / fps
-        rng = np.random.default_rng(7)
-        self.background = rng.integers(40, 120, size=(H, W, 3), dtype=np.uint8)  # texture: realistic JPEG sizes
-        self.metas: dict[int, FrameMeta] = {}
-        self.next_id = 100
-        self.running = threading.Event()
-        self.running.set()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="test-feeder", daemon=True)
-
-    def start(self) -> "Feeder":
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-
-    def frame(self, i: int) -> np.ndarray:
-        f = self.background.copy()
-        x = (i * 12) % (W - 80)
-        f[200:280, x:x + 80] = (255, 255, 255)
-        return f
-
-    def commit(self, frame: np.ndarray, fid: int) -> FrameMeta:
-        meta = FrameMeta(
-            frame_id=fid, ts=time.time(), mono=time.monotonic(), dark_score=80.0 + fid % 7, night=fid % 2 == 1,
-            exposure_us=20000 + fid, gain=2.5,
-            extra={"motion": {"machine": {"fraction": round((fid % 10) / 10, 2), "state": "RUNNING"}}, "note": NOTE},
-        )
-        slot = self.ring.next_slot()
-        cv2.resize(frame, (RING_W, RING_H), dst=slot, interpolation=cv2.INTER_AREA)
-        self.metas[fid] = meta
-        self.ring.commit(meta)
-        self.latest.put(frame, meta)
-        return meta
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            if self.running.is_set():
-                fid = self.next_id
-                self.next_id += 1
-                self.commit(self.frame(fid), fid)
-            self._stop.wait(self.interval)
+def frame_meta(fid: int) -> FrameMeta:
+    return FrameMeta(
+        frame_id=fid, ts=time.time(), mono=time.monotonic(), dark_score=80.0 + fid % 7, night=fid % 2 == 1,
+        exposure_us=20000 + fid, gain=2.5,
+        extra={"motion": {"machine": {"fraction": round((fid % 10) / 10, 2), "state": "RUNNING"}}, "note": NOTE},
+    )
 
 
-class Rig:
-    def __init__(self, values: dict | None = None, feed_frames: bool = True, send_timeout_s: float = 10.0, health=None) -> None:
-        self.config = Config({"mjpeg.bind": "127.0.0.1", "mjpeg.port": 0, **(values or {})})
-        self.cfg = self.config.section("mjpeg")
-        self.ring = Ring(32, RING_H, RING_W)
-        self.latest = LatestSlot()
-        self.feeder = Feeder(self.ring, self.latest)
-        self.feed_frames = feed_frames
-        self.allow = ["127.0.0.0/8"]
-        self.feed_status = ComponentStatus("encoder")
-        self.status = ComponentStatus("mjpeg")
-        self.feed = JpegFeed(self.cfg, self.ring, self.latest, self.feed_status)
-        self.server = MjpegServer(self.cfg, lambda: self.allow, self.feed, health or self.health, self.status, send_timeout_s=send_timeout_s)
-
-    def health(self) -> dict:
-        return {"encoder": self.feed.health(), "mjpeg": self.server.health()}
-
-    def start(self) -> "Rig":
-        if self.feed_frames:
-            self.feeder.start()
-            assert wait_for(lambda: self.ring.newest_id >= 102)
-        self.feed.start()
-        self.server.start()
-        return self
-
-    def stop(self) -> None:
-        self.server.stop()
-        self.feed.stop()
-        if self.feed_frames:
-            self.feeder.stop()
-
-    @property
-    def port(self) -> int:
-        return self.server.port
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
+def make_rig(**options: Any) -> HttpRig:
+    """A full-size stream (ids from 100) whose every frame carries metadata of each kind."""
+    return HttpRig(frame_size=(W, H), ring_size=(RING_W, RING_H), meta=frame_meta, first_id=100, **options)
 
 
 @pytest.fixture
 def rig():
-    r = Rig().start()
+    r = make_rig().start()
     yield r
     r.stop()
-
-
-def request(port: int, path: str, method: str = "GET", timeout: float = 10.0):
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        conn.request(method, path)
-        resp = conn.getresponse()
-        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
-    finally:
-        conn.close()
 
 
 def read_head(fp) -> tuple[str, dict[str, str]]:
@@ -152,7 +63,8 @@ def read_head(fp) -> tuple[str, dict[str, str]]:
 class Viewer:
     """A strict MJPEG reader on a raw socket: checks the wire format part by part."""
 
-    def __init__(self, port: int, path: str = "/stream", rcvbuf: int | None = None, timeout: float = 15.0, read_head_now: bool = True) -> None:
+    def __init__(self, port: int, path: str = "/stream", rcvbuf: int | None = None, timeout: float = 15.0,
+                 read_head_now: bool = True) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         if rcvbuf:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
@@ -221,7 +133,7 @@ def test_stream_parts_decode_and_carry_the_metadata(rig):
             assert int(headers["Content-Length"]) == len(jpeg)
             assert decode(jpeg).shape == (H, W, 3)
             fid = int(headers["X-Frame-Id"])
-            meta = rig.feeder.metas[fid]
+            meta = rig.metas[fid]
             assert float(headers["X-Timestamp"]) == pytest.approx(meta.ts, abs=1e-5)
             assert float(headers["X-Dark-Score"]) == pytest.approx(meta.dark_score, abs=1e-3)
             assert headers["X-Night"] == ("1" if meta.night else "0")
@@ -304,7 +216,8 @@ def test_fps_caps_a_viewer_and_max_fps_is_the_live_ceiling(rig):
         finally:
             v.close()
 
-    threads = [threading.Thread(target=watch, args=a) for a in (("two", "/stream?fps=2"), ("asks_100", "/stream?fps=100"), ("default", "/stream"))]
+    asks = (("two", "/stream?fps=2"), ("asks_100", "/stream?fps=100"), ("default", "/stream"))
+    threads = [threading.Thread(target=watch, args=a) for a in asks]
     for t in threads:
         t.start()
     for t in threads:
@@ -325,7 +238,7 @@ def test_bad_fps_is_refused_and_starts_no_viewer(rig, fps):
 
 
 def test_stalled_viewer_does_not_stop_the_others_and_is_dropped():
-    rig = Rig(send_timeout_s=1.0).start()
+    rig = make_rig(send_timeout_s=1.0).start()
     stalled = Viewer(rig.port, rcvbuf=4096, read_head_now=False)  # sends its request, then never reads
     try:
         assert wait_for(lambda: rig.server.health()["viewers"] == 1)
@@ -367,7 +280,7 @@ def test_frame_counter_restart_does_not_freeze_viewers(rig):
     v = Viewer(rig.port)
     try:
         before = [int(v.part()[0]["X-Frame-Id"]) for _ in range(3)]
-        rig.feeder.next_id = 0  # the capture loop was rebuilt and counts from 0 again
+        rig.next_id = 0  # the capture loop was rebuilt and counts from 0 again
         after = None
         for _ in range(100):
             fid = int(v.part()[0]["X-Frame-Id"])
@@ -384,15 +297,15 @@ def test_encode_failure_degrades_and_recovers(rig):
     v = Viewer(rig.port)
     try:
         v.part()
-        rig.feeder.running.clear()
+        rig.running.clear()
         time.sleep(0.2)  # let a commit in flight finish before the broken frame goes in
-        broken = FrameMeta(frame_id=rig.feeder.next_id + 5, ts=time.time(), mono=time.monotonic())
+        broken = FrameMeta(frame_id=rig.next_id + 5, ts=time.time(), mono=time.monotonic())
         rig.latest.put(np.zeros((0, 0, 3), np.uint8), broken)
         assert wait_for(lambda: not rig.feed_status.ok)
         assert rig.feed_status.errors >= 1 and "encoding fails" in rig.feed_status.state
         errors = rig.feed_status.errors
-        rig.feeder.next_id = broken.frame_id + 1
-        rig.feeder.running.set()
+        rig.next_id = broken.frame_id + 1
+        rig.running.set()
         fid = int(v.part()[0]["X-Frame-Id"])
         while fid <= broken.frame_id:
             fid = int(v.part()[0]["X-Frame-Id"])
@@ -433,13 +346,13 @@ def test_snapshot_meta_health_and_page(rig):
     status, headers, body = request(rig.port, "/snapshot.jpg")
     assert status == 200 and headers["content-type"] == "image/jpeg"
     assert decode(body).shape == (H, W, 3)
-    assert int(headers["x-frame-id"]) in rig.feeder.metas
+    assert int(headers["x-frame-id"]) in rig.metas
 
     status, headers, body = request(rig.port, "/meta")
     assert status == 200 and headers["content-type"] == "application/json"
     meta = json.loads(body)
-    assert meta["frame_id"] in rig.feeder.metas
-    assert meta["motion"] == rig.feeder.metas[meta["frame_id"]].extra["motion"]
+    assert meta["frame_id"] in rig.metas
+    assert meta["motion"] == rig.metas[meta["frame_id"]].extra["motion"]
     assert json.loads(request(rig.port, "/meta.json")[2])["frame_id"] >= meta["frame_id"]
 
     status, headers, body = request(rig.port, "/health")
@@ -460,7 +373,7 @@ def test_snapshot_meta_health_and_page(rig):
 
 
 def test_no_frame_yet_answers_503():
-    rig = Rig(feed_frames=False).start()
+    rig = make_rig(feed_frames=False).start()
     try:
         status, _, body = request(rig.port, "/snapshot.jpg")
         assert status == 503 and b"no frame" in body
@@ -471,12 +384,12 @@ def test_no_frame_yet_answers_503():
 
 
 def test_snapshot_of_a_broken_frame_is_an_error_not_a_crash():
-    rig = Rig(feed_frames=False).start()
+    rig = make_rig(feed_frames=False).start()
     try:
         rig.latest.put(np.zeros((0, 0, 3), np.uint8), FrameMeta(frame_id=1, ts=time.time(), mono=time.monotonic()))
         assert request(rig.port, "/snapshot.jpg")[0] == 503
         assert rig.feed_status.errors == 1 and "snapshot encode failed" in rig.feed_status.last_error
-        rig.feeder.commit(rig.feeder.frame(2), 2)
+        rig.commit(rig.moving_square(2), 2)
         status, headers, body = request(rig.port, "/snapshot.jpg")
         assert status == 200 and headers["x-frame-id"] == "2" and decode(body).shape == (H, W, 3)
     finally:
@@ -487,7 +400,7 @@ def test_health_callable_failure_answers_500_and_server_goes_on():
     def broken() -> dict:
         raise RuntimeError("sensor file vanished")
 
-    rig = Rig(health=broken).start()
+    rig = make_rig(health=broken).start()
     try:
         status, _, body = request(rig.port, "/health")
         assert status == 500 and "sensor file vanished" in json.loads(body)["error"]
@@ -528,7 +441,7 @@ def test_allow_list_is_read_live(rig):
 
 
 def test_more_than_max_clients_get_503(rig):
-    rig.config.set("mjpeg.max_clients", 2)
+    rig.config.set("http.max_clients", 2)
     viewers = [Viewer(rig.port) for _ in range(2)]
     try:
         for v in viewers:
@@ -556,7 +469,7 @@ def test_stop_closes_viewers(rig):
     assert rig.server.port is None and rig.server.health()["listening"] is False
     assert drained_to_eof(active.sock) and drained_to_eof(stalled.sock)
     assert wait_for(lambda: rig.server.health()["viewers"] == 0)
-    assert not [t for t in threading.enumerate() if t.name == "picamd-mjpeg"]
+    assert not [t for t in threading.enumerate() if t.name == "picamd-http"]
     rig.feed.stop()
     assert not [t for t in threading.enumerate() if t.name == "picamd-encoder"]
     active.close()
@@ -568,7 +481,7 @@ def test_port_in_use_degrades_then_recovers():
     blocker.bind(("127.0.0.1", 0))
     blocker.listen()
     port = blocker.getsockname()[1]
-    rig = Rig(values={"mjpeg.port": port}).start()
+    rig = make_rig(values={"http.port": port}).start()
     try:
         assert rig.server.port is None
         assert not rig.status.ok and "cannot listen on 127.0.0.1:" in rig.status.state
@@ -634,7 +547,7 @@ def test_shortstream_bad_input_is_refused_and_changes_nothing(rig, line):
 
 
 def test_shortstream_without_frames_ends_with_zero_length():
-    rig = Rig(feed_frames=False).start()
+    rig = make_rig(feed_frames=False).start()
     try:
         rig.feed.frame_wait_s = 0.5
         registry = Registry()
@@ -664,7 +577,7 @@ def test_client_prints_metadata_and_saves_frames(rig, tmp_path):
         m = LINE.match(line)
         assert m, line
         ids.append(int(m.group(1)))
-        assert json.loads(m.group(2)) == rig.feeder.metas[ids[-1]].extra["motion"]
+        assert json.loads(m.group(2)) == rig.metas[ids[-1]].extra["motion"]
     saved = sorted(tmp_path.glob("frame_*.jpg"))
     assert [int(p.stem.split("_")[1]) for p in saved] == sorted(ids)
     assert decode(saved[0].read_bytes()).shape == (H, W, 3)
@@ -690,7 +603,7 @@ def test_client_reconnects_after_the_server_restarts():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    rig = Rig(values={"mjpeg.port": port}).start()
+    rig = make_rig(values={"http.port": port}).start()
     proc = subprocess.Popen(CLIENT + [rig.url("/stream"), "--count", "12", "--fps", "10"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

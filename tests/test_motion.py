@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import logging
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -23,6 +25,7 @@ from daemon.config import Config, ConfigError
 from daemon.motion import Motion, RegionMeter, check_regions, format_duration, parse_masks, parse_regions
 from daemon.capture.ring import FrameMeta
 from daemon.core.status import ComponentStatus
+from daemon.image.night import NightController
 
 FRAME = (640, 480)  # full frame w, h
 RING = (160, 120)  # ring frame w, h: a quarter of each side
@@ -249,27 +252,50 @@ def test_slow_light_change_fades_into_the_background(tmp_path):
 
 
 def test_night_switch_rebaselines_and_settles(tmp_path, caplog):
-    motion, _, bus, _, events = make(tmp_path)
+    """The one way a night switch reaches motion: the night controller's event on the bus. Driven as the capture
+    loop drives them (the frame's meta, then the controller, then motion), with the real controller and bus."""
+    motion, config, bus, _, events = make(tmp_path)
+    scene = Scene()
+    day = dark(scene.ring(False))
+    config.set("night.bright_threshold", day + 30)
+    config.set("night.dark_threshold", day - 7.5)  # the night scene below (15 grey levels darker) is dark at once
+    config.set("night.min_dark_frames", 1)
+    switched_to: list[bool] = []
+
+    def apply_camera(on: bool) -> dict:
+        switched_to.append(on)
+        return {}
+
+    night = NightController(config.section("night"), bus, apply_camera)
+    metas = []
     # Night: darker, noisier; the switch itself must not look like motion.
     with caplog.at_level(logging.INFO, logger="picamd.motion"):
-        metas = run(motion, Scene(), 60, 5, lambda t: False, night=lambda t: t >= 30,
-                    brightness=lambda t: -15.0 if t >= 30 else 0.0, noise=lambda t: 2.0 if t >= 30 else 1.0)
+        for k in range(300):
+            t = k / 5
+            frame = scene.ring(False, -15.0 if t >= 30 else 0.0, 2.0 if t >= 30 else 1.0)
+            meta = FrameMeta(frame_id=k, ts=T0_WALL + t, mono=T0_MONO + t, dark_score=dark(frame), night=night.is_night)
+            night.update(meta.dark_score, None, None, meta.mono, meta.ts)
+            motion.process(frame, meta)
+            metas.append(meta)
+    assert switched_to == [True] and [e.kind for e in bus.recent("night.")] == ["night.enter"]
     assert [(o, n) for o, n, _ in states(events)] == [("UNKNOWN", "STOPPED")]
-    assert "background reset (night mode on)" in caplog.text
+    assert "background reset (night.enter)" in caplog.text
+    assert motion.resets == 1 and motion.last_reset["reason"] == "night.enter"
     switched = [m for m in metas if 30 <= m.mono - T0_MONO < 33]
-    assert all(m.extra.get("motion_settling") is True for m in switched)
-    resets = motion.resets
-    # The night controller's event (published on the capture thread) does the same.
-    bus.publish("night.exit", level=80.0)  # frames still flagged night: only the event resets
+    assert switched and all(m.extra.get("motion_settling") is True for m in switched)
+    assert all("motion_settling" not in m.extra for m in metas if m.mono - T0_MONO < 30 or m.mono - T0_MONO >= 33.5)
+    # Leaving night is the other event; the frames' own night flag is not a reason on its own.
     night_scene = dict(night=lambda t: True, brightness=lambda t: -15.0, noise=lambda t: 2.0)
-    metas = run(motion, Scene(), 5, 5, lambda t: False, start=60, first_id=500, **night_scene)
-    assert motion.resets == resets + 1 and motion.last_reset["reason"] == "night.exit"
+    bus.publish("night.exit", level=80.0)
+    metas = run(motion, scene, 5, 5, lambda t: False, start=60, first_id=500, **night_scene)
+    assert motion.resets == 2 and motion.last_reset["reason"] == "night.exit"
     assert metas[0].extra.get("motion_settling") is True and metas[0].extra["motion"] == "press1=0.0000:SETTLING"
     assert "motion_settling" not in metas[-1].extra
+    run(motion, scene, 1, 5, lambda t: False, start=65, first_id=600, night=lambda t: False)
     # Other night.* events are not a reason to re-baseline.
     bus.publish("night.level", level=12.0)
-    run(motion, Scene(), 1, 5, lambda t: False, start=70, first_id=600, **night_scene)
-    assert motion.resets == resets + 1
+    run(motion, scene, 1, 5, lambda t: False, start=70, first_id=700, **night_scene)
+    assert motion.resets == 2
 
 
 def test_reset_during_running_keeps_the_state(tmp_path):
@@ -485,6 +511,29 @@ def test_config_refuses_deeply_bad_regions_and_changes_nothing():
     with pytest.raises(ConfigError, match="motion.masks"):
         config.set("motion.masks", "[[1, 2]]")
     assert config.get("motion.masks") == []
+
+
+def test_loading_a_config_with_regions_does_not_import_opencv(tmp_path):
+    # The schema checks regions with daemon/motion/regions.py alone; OpenCV (about 0.5 s and 30 MiB) loads with Motion.
+    path = tmp_path / "config.yaml"
+    path.write_text("motion:\n  regions:\n    - {name: press1, rect: [0.1, 0.1, 0.2, 0.2], min_pixels: 50}\n"
+                    "  masks:\n    - [0, 0, 100, 20]\n")
+    code = (
+        "import sys\n"
+        "from daemon.config import Config, ConfigError\n"
+        f"cfg = Config.load({str(path)!r})\n"
+        "assert cfg.get('motion.regions')[0]['name'] == 'press1'\n"
+        "try:\n"
+        "    cfg.set('motion.regions', [{'name': 'x', 'rect': [0, 0, 0, 5]}])\n"
+        "except ConfigError as exc:\n"
+        "    print('refused:', exc)\n"
+        "from daemon.motion import check_regions, parse_regions\n"
+        "print('loaded:', sorted(m for m in ('cv2', 'numpy') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1],
+                         capture_output=True, text=True, timeout=60, check=True).stdout
+    assert "refused: motion.regions" in out and "zero size" in out
+    assert "loaded: []" in out
 
 
 def test_region_outside_the_real_frame_degrades_and_recovers(tmp_path):
@@ -899,10 +948,13 @@ def test_a_full_frame_of_another_size_falls_back_to_the_ring(tmp_path):
 
 
 def test_settling_frames_are_logged_as_not_judged(tmp_path):
-    motion, *_ = make(tmp_path)
+    motion, _, bus, _, _ = make(tmp_path)
+    scene = Scene()
     motion.start()
     try:
-        run(motion, Scene(), 10, 5, lambda t: True, night=lambda t: t >= 5)
+        run(motion, scene, 5, 5, lambda t: True)
+        bus.publish("night.enter")
+        run(motion, scene, 5, 5, lambda t: True, start=5, first_id=25, night=lambda t: True)
     finally:
         motion.stop()
     records = [json.loads(ln) for ln in (tmp_path / "logs" / "motion_press1.jsonl").read_text().splitlines()]

@@ -23,15 +23,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-
-from daemon.core.bus import EventBus
-from daemon.config import Config
-from daemon.net.jpegfeed import JpegFeed
-from daemon.net.http import MjpegServer
-from daemon.motion import Motion, RegionMeter
-from daemon.capture.ring import FrameMeta, LatestSlot, Ring
-from daemon.core.status import ComponentStatus
 from daemon_proc import free_port
+from rigs import HttpRig, request
+
+from daemon.capture.ring import FrameMeta
+from daemon.config import Config
+from daemon.core.bus import EventBus
+from daemon.core.status import ComponentStatus
+from daemon.motion import Motion, RegionMeter
 
 ROOT = Path(__file__).resolve().parents[1]
 CALIBRATE = ROOT / "tools" / "calibrate.py"
@@ -222,55 +221,17 @@ def test_calibrate_bad_url_exits_with_the_reason(tmp_path):
 # --- live from a daemon's HTTP server -------------------------------------------------------------
 
 
-class LiveCamera:
-    """The daemon's HTTP side on loopback, fed by a scene whose machine runs while `running` is set."""
+class LiveCamera(HttpRig):
+    """The daemon's HTTP side on loopback, fed by a scene whose machine runs while `machine_running` is set."""
 
     FRAME = (320, 240)
     RING = (160, 120)
 
     def __init__(self) -> None:
-        config = Config({"mjpeg.bind": "127.0.0.1", "mjpeg.port": 0, "mjpeg.max_fps": 20.0})
-        self.ring = Ring(8, self.RING[1], self.RING[0])
-        self.latest = LatestSlot()
-        self.feed = JpegFeed(config.section("mjpeg"), self.ring, self.latest, ComponentStatus("encoder"))
-        self.server = MjpegServer(config.section("mjpeg"), lambda: ["127.0.0.0/8"], self.feed, self.health, ComponentStatus("mjpeg"))
         self.scene = Scene(self.FRAME, VIDEO_RECT)
-        self.running = threading.Event()
-        self.first = threading.Event()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="test-camera", daemon=True)
-
-    def health(self) -> dict:
-        return {"camera": {"frame_size": list(self.FRAME)}, "ring": {"frame_size": list(self.RING)}}
-
-    def _run(self) -> None:
-        fid = 0
-        while not self._stop.is_set():
-            frame = self.scene.frame(self.running.is_set())
-            meta = FrameMeta(fid, time.time(), time.monotonic())
-            cv2.resize(frame, self.RING, dst=self.ring.next_slot(), interpolation=cv2.INTER_AREA)
-            self.ring.commit(meta)
-            self.latest.put(frame, meta)
-            self.first.set()
-            fid += 1
-            self._stop.wait(0.05)
-
-    def start(self) -> "LiveCamera":
-        self._thread.start()
-        assert self.first.wait(10)
-        self.feed.start()
-        self.server.start()
-        return self
-
-    def stop(self) -> None:
-        self.server.stop()
-        self.feed.stop()
-        self._stop.set()
-        self._thread.join(5)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.port}"
+        self.machine_running = threading.Event()
+        super().__init__(frame_size=self.FRAME, ring_size=self.RING, ring_slots=8, values={"mjpeg.max_fps": 20.0},
+                         frame=lambda _fid: self.scene.frame(self.machine_running.is_set()))
 
 
 @pytest.fixture(scope="module")
@@ -291,7 +252,7 @@ def _wait_for_prompt(proc: subprocess.Popen, seen: list[str]) -> None:
 @pytest.mark.parametrize("via", ["stream", "snapshot"])
 def test_calibrate_live_prompts_for_running_then_stopped(camera, tmp_path, via):
     out, report = tmp_path / "live.yaml", tmp_path / "live.json"
-    args = [sys.executable, str(CALIBRATE), "--url", camera.url + "/", "--rect", *map(str, VIDEO_RECT), "--name", "press1",
+    args = [sys.executable, str(CALIBRATE), "--url", camera.url("/"), "--rect", *map(str, VIDEO_RECT), "--name", "press1",
             "--running-s", "3", "--stopped-s", "3", "--thresholds", "15,25", "--blurs", "0,5", "--dilates", "2",
             "--out", str(out), "--json", str(report)]
     if via == "snapshot":
@@ -302,17 +263,17 @@ def test_calibrate_live_prompts_for_running_then_stopped(camera, tmp_path, via):
     try:
         _wait_for_prompt(proc, seen)
         assert "RUN" in "".join(seen[-3:])
-        camera.running.set()  # the user starts the machine, then presses Enter
+        camera.machine_running.set()  # the user starts the machine, then presses Enter
         proc.stdin.write("\n")
         proc.stdin.flush()
         _wait_for_prompt(proc, seen)
         assert "STOP" in "".join(seen[-3:])
-        camera.running.clear()
+        camera.machine_running.clear()
         proc.stdin.write("\n")
         proc.stdin.flush()
         stdout, stderr = proc.communicate(timeout=60)
     finally:
-        camera.running.clear()
+        camera.machine_running.clear()
         if proc.poll() is None:
             proc.kill()
             proc.wait()
@@ -326,7 +287,7 @@ def test_calibrate_live_prompts_for_running_then_stopped(camera, tmp_path, via):
 
 
 def test_calibrate_without_an_answer_on_stdin_says_to_use_labels(camera, tmp_path):
-    proc = subprocess.run([sys.executable, str(CALIBRATE), "--url", camera.url, "--rect", *map(str, VIDEO_RECT),
+    proc = subprocess.run([sys.executable, str(CALIBRATE), "--url", camera.url(), "--rect", *map(str, VIDEO_RECT),
                            "--out", str(tmp_path / "s.yaml")], stdin=subprocess.DEVNULL, capture_output=True,
                           text=True, timeout=60, cwd=ROOT, env=tool_env())
     assert proc.returncode == 1 and "--labels" in proc.stderr
@@ -334,15 +295,12 @@ def test_calibrate_without_an_answer_on_stdin_says_to_use_labels(camera, tmp_pat
 
 
 def test_page_has_the_region_tool_and_no_external_assets(camera):
-    import http.client
-
-    conn = http.client.HTTPConnection("127.0.0.1", camera.server.port, timeout=10)
-    conn.request("GET", "/")
-    page = conn.getresponse().read().decode()
-    conn.close()
+    # The page's script itself is checked under node in test_page.py.
+    status, _, body = request(camera.port, "/")
+    page = body.decode()
+    assert status == 200
     assert 'id="sel"' in page and 'id="cmd"' in page and "region add" in page and 'fetch("health"' in page
-    assert "http://" not in page and "https://" not in page
-    assert_script_parses(page.split("<script>")[1].split("</script>")[0])
+    assert "http://" not in page and "https://" not in page and " src=\"page.js\"" not in page
 
 
 def assert_script_parses(script: str) -> None:
@@ -504,7 +462,7 @@ def test_chart_draws_the_png_and_reports_utilisation_and_idle_periods(motion_log
     press = section(page, "press1")
     rows = re.findall(r'<tr class="idle"><td>([^<]*)</td><td>([^<]*)</td><td class="num dur">([^<]*)</td><td>(yes|no)</td>', press)
     assert len(rows) == len(idle) == 2
-    for (begin, finish, duration, deep), (a, b) in zip(rows, idle):
+    for (begin, _finish, duration, _deep), (a, b) in zip(rows, idle, strict=True):
         assert abs(seconds_of(duration) - (b - a)) <= 1
         assert begin == time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(int(a)))
     assert rows[0][3] == "yes"  # 150 s stopped passes deep_sleep_s (60 s)

@@ -1,21 +1,19 @@
-"""The web page at `/`: served self-contained over HTTP, and its JavaScript checked against the real server.
+"""The web page at `/`: daemon/web served self-contained over HTTP, and its JavaScript checked against the real server.
 
-No browser is needed. The page's pure helpers (the `picamd-lib` script: multipart reader, frame
+No browser is needed. The page's pure helpers (`picamd` in daemon/web/page.js: multipart reader, frame
 metadata, X-Motion parsing, the `region add` line, the stall decision) run under node when it is
-installed, fed with bytes captured from a real /stream; the command line they build is sent to a real
-daemon's command port. Without node those tests are skipped.
+installed, loaded from the file itself and fed with bytes captured from a real /stream; the command line
+they build is sent to a real daemon's command port. Without node those tests are skipped.
 """
 from __future__ import annotations
 
 import base64
 import hashlib
-import http.client
 import json
 import re
 import shutil
 import socket
 import subprocess
-import threading
 import time
 from html.parser import HTMLParser
 from pathlib import Path
@@ -23,87 +21,34 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-
-from daemon.config import Config
-from daemon.net.http import JpegFeed, MjpegServer
-from daemon.capture.ring import FrameMeta, LatestSlot, Ring
-from daemon.core.status import ComponentStatus
 from daemon_proc import Daemon, replies, reply_json, wait_for
+from rigs import HttpRig, request
+
+from daemon import web
+from daemon.capture.ring import FrameMeta
+from daemon.web import build_page
 
 pytestmark = pytest.mark.timeout(120)
 
 W, H = 320, 240
 MOTION = "press1=0.1234:RUNNING;door=0.0000:SETTLING"
 PAGE_PATHS = {"stream", "meta", "health", "snapshot.jpg"}
+WEB = Path(web.__file__).parent
+PAGE_JS = WEB / "page.js"
 NODE = shutil.which("node")
 needs_node = pytest.mark.skipif(NODE is None, reason="node is not installed")
 
 
-class Rig:
-    """An MjpegServer on loopback, fed about 20 frames a second by a stand-in for the capture loop."""
-
-    def __init__(self) -> None:
-        config = Config({"mjpeg.bind": "127.0.0.1", "mjpeg.port": 0})
-        self.ring = Ring(8, H // 2, W // 2)
-        self.latest = LatestSlot()
-        self.feed = JpegFeed(config.section("mjpeg"), self.ring, self.latest, ComponentStatus("encoder"))
-        self.server = MjpegServer(config.section("mjpeg"), lambda: ["127.0.0.0/8"], self.feed, self.health,
-                                  ComponentStatus("mjpeg"))
-        self.background = np.random.default_rng(3).integers(30, 200, size=(H, W, 3), dtype=np.uint8)
-        self.next_id = 1
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="test-page-feeder", daemon=True)
-
-    def health(self) -> dict:
-        return {"status": "ok", "degraded": [], "camera": {"state": "ok", "frame_size": [W, H]},
-                "mjpeg": self.server.health()}
-
-    def commit(self) -> None:
-        fid = self.next_id
-        self.next_id += 1
-        frame = self.background.copy()
-        x = (fid * 9) % (W - 40)
-        frame[100:140, x:x + 40] = 255
-        meta = FrameMeta(frame_id=fid, ts=time.time(), mono=time.monotonic(), dark_score=90.5, night=fid % 2 == 0,
-                         exposure_us=20000, gain=2.0, extra={"motion": MOTION, "motion_settling": True})
-        slot = self.ring.next_slot()
-        cv2.resize(frame, (W // 2, H // 2), dst=slot, interpolation=cv2.INTER_AREA)
-        self.ring.commit(meta)
-        self.latest.put(frame, meta)
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.05):
-            self.commit()
-
-    def start(self) -> "Rig":
-        self.commit()
-        self._thread.start()
-        self.feed.start()
-        self.server.start()
-        return self
-
-    def stop(self) -> None:
-        self.server.stop()
-        self.feed.stop()
-        self._stop.set()
-        self._thread.join(5)
+def frame_meta(fid: int) -> FrameMeta:
+    return FrameMeta(frame_id=fid, ts=time.time(), mono=time.monotonic(), dark_score=90.5, night=fid % 2 == 0,
+                     exposure_us=20000, gain=2.0, extra={"motion": MOTION, "motion_settling": True})
 
 
 @pytest.fixture(scope="module")
 def rig():
-    r = Rig().start()
+    r = HttpRig(frame_size=(W, H), ring_size=(W // 2, H // 2), ring_slots=8, meta=frame_meta).start()
     yield r
     r.stop()
-
-
-def get(port: int, path: str, method: str = "GET") -> tuple[int, dict[str, str], bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=15)
-    try:
-        conn.request(method, path)
-        resp = conn.getresponse()
-        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
-    finally:
-        conn.close()
 
 
 def stream_bytes(port: int, parts: int = 4) -> bytes:
@@ -176,19 +121,13 @@ class PageParser(HTMLParser):
 
 
 def fetch_page(port: int) -> tuple[dict[str, str], str, PageParser]:
-    status, headers, body = get(port, "/")
+    status, headers, body = request(port, "/")
     assert status == 200
     page = body.decode("utf-8")
     parser = PageParser()
     parser.feed(page)
     parser.close()
     return headers, page, parser
-
-
-def script_by_id(parser: PageParser, script_id: str | None) -> str:
-    found = [text for attrs, text in parser.scripts if attrs.get("id") == script_id]
-    assert len(found) == 1, f"expected one script with id {script_id!r}"
-    return found[0]
 
 
 def csp_hash(text: str) -> str:
@@ -198,47 +137,52 @@ def csp_hash(text: str) -> str:
 # --- served, self-contained, consistent -------------------------------------------------------------
 
 def test_page_is_served_with_headers_that_allow_only_its_own_scripts(rig):
-    headers, page, parser = fetch_page(rig.server.port)
+    headers, page, parser = fetch_page(rig.port)
     assert headers["content-type"] == "text/html; charset=utf-8" and headers["cache-control"] == "no-store"
     assert headers["x-content-type-options"] == "nosniff"
     policy = dict(item.strip().split(" ", 1) for item in headers["content-security-policy"].split(";"))
     assert policy["default-src"] == "'none'" and policy["connect-src"] == "'self'" and policy["img-src"] == "'self' blob:"
     # A browser runs an inline script or style only when its hash is in the policy: every one must be there.
-    assert len(parser.scripts) == 2 and len(parser.styles) == 1
-    assert sorted(policy["script-src"].split()) == sorted(csp_hash(text) for _, text in parser.scripts)
+    assert len(parser.scripts) == 1 and len(parser.styles) == 1
+    assert policy["script-src"].split() == [csp_hash(parser.scripts[0][1])]
     assert policy["style-src"].split() == [csp_hash(parser.styles[0])]
+    # What runs is the package's files, whole: page.js and page.css inlined into index.html.
+    assert parser.scripts[0][1].strip() == PAGE_JS.read_text().strip()
+    assert parser.styles[0].strip() == (WEB / "page.css").read_text().strip()
+    assert "page.js" not in page and "page.css" not in page
 
-    assert get(rig.server.port, "/index.html")[2].decode() == page
-    status, head_headers, body = get(rig.server.port, "/", method="HEAD")
+    assert request(rig.port, "/index.html")[2].decode() == page
+    status, head_headers, body = request(rig.port, "/", method="HEAD")
     assert status == 200 and body == b"" and int(head_headers["content-length"]) == len(page.encode())
     assert head_headers["content-security-policy"] == headers["content-security-policy"]
 
 
 def test_page_references_only_the_daemons_own_paths_and_each_one_answers(rig):
-    _, page, parser = fetch_page(rig.server.port)
+    _, page, parser = fetch_page(rig.port)
     assert "http://" not in page and "https://" not in page and "//cdn" not in page
     assert not [a for a, _ in parser.scripts if "src" in a], "no external scripts"
-    assert "link" not in parser.tags or all(v == "data:," for t, _, v in parser.urls if t == "link")  # the empty icon: no /favicon.ico request
+    # The empty icon: no /favicon.ico request.
+    assert "link" not in parser.tags or all(v == "data:," for t, _, v in parser.urls if t == "link")
     linked = {v for t, _, v in parser.urls if t != "link"}
     fetched = set(re.findall(r'fetch\("([^"]+)"', page))
     assert linked <= PAGE_PATHS and fetched <= PAGE_PATHS
     assert {"stream", "snapshot.jpg", "health", "meta"} <= fetched | linked
 
-    status, headers, body = get(rig.server.port, "/snapshot.jpg")
+    status, headers, body = request(rig.port, "/snapshot.jpg")
     assert status == 200 and headers["content-type"] == "image/jpeg" and int(headers["x-frame-id"]) >= 1
     assert cv2.imdecode(np.frombuffer(body, np.uint8), cv2.IMREAD_COLOR).shape == (H, W, 3)
-    status, headers, body = get(rig.server.port, "/meta")
+    status, headers, body = request(rig.port, "/meta")
     assert status == 200 and json.loads(body)["motion"] == MOTION
-    status, headers, body = get(rig.server.port, "/health")
+    status, headers, body = request(rig.port, "/health")
     assert status == 200 and json.loads(body)["camera"]["frame_size"] == [W, H]
-    parts = split_parts(stream_bytes(rig.server.port, parts=2))
+    parts = split_parts(stream_bytes(rig.port, parts=2))
     assert all(cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR).shape == (H, W, 3) for _, jpeg in parts)
 
 
 def test_every_element_the_script_uses_is_in_the_page(rig):
-    _, page, parser = fetch_page(rig.server.port)
+    _, page, parser = fetch_page(rig.port)
     assert len(parser.ids) == len(set(parser.ids)), "duplicate element ids"
-    ui = script_by_id(parser, None)
+    ui = PAGE_JS.read_text()
     used = set(re.findall(r'\$\("([\w-]+)"\)', ui)) | set(re.findall(r'getElementById\("([\w-]+)"\)', ui))
     assert used, "the script looks elements up by id"
     assert used <= set(parser.ids), f"missing in the HTML: {sorted(used - set(parser.ids))}"
@@ -249,22 +193,22 @@ def test_every_element_the_script_uses_is_in_the_page(rig):
 
 def test_unknown_methods_and_paths_do_not_reach_the_page(rig):
     for method in ("POST", "PUT", "DELETE"):
-        status, headers, body = get(rig.server.port, "/", method=method)
+        status, headers, body = request(rig.port, "/", method=method)
         assert status == 405 and headers["allow"] == "GET, HEAD" and b"<html" not in body
-    status, _, body = get(rig.server.port, "/page")
+    status, _, body = request(rig.port, "/page")
     assert status == 404 and b"<html" not in body
-    status, _, body = get(rig.server.port, "/?region=add&name=x")  # a query changes nothing: the same page
-    assert status == 200 and body == get(rig.server.port, "/")[2]
+    status, _, body = request(rig.port, "/?region=add&name=x")  # a query changes nothing: the same page
+    assert status == 200 and body == request(rig.port, "/")[2]
 
 
 # --- the page's JavaScript under node ----------------------------------------------------------------
 
-def run_node(tmp_path: Path, lib: str, program: str, stdin: bytes = b"") -> object:
-    """Runs `program` with `lib` (the page's helpers) loaded as `picamd`; returns what it prints as JSON."""
+def run_node(tmp_path: Path, program: str, stdin: bytes = b"") -> object:
+    """Runs `program` with daemon/web/page.js loaded (with no document it only defines `picamd`); returns what it prints as JSON."""
     script = tmp_path / "page_check.js"
     script.write_text(
         "const vm = require('vm');\n"
-        f"const picamd = vm.runInThisContext({json.dumps(lib + chr(10) + ';picamd;')});\n"
+        f"const picamd = vm.runInThisContext(require('fs').readFileSync({json.dumps(str(PAGE_JS))}, 'utf8') + '\\n;picamd;');\n"
         "const input = require('fs').readFileSync(0);\n"
         + program
     )
@@ -274,19 +218,31 @@ def run_node(tmp_path: Path, lib: str, program: str, stdin: bytes = b"") -> obje
 
 
 @needs_node
-def test_both_scripts_pass_node_check(rig, tmp_path):
-    _, _, parser = fetch_page(rig.server.port)
-    for i, (_, text) in enumerate(parser.scripts):
-        path = tmp_path / f"script{i}.js"
-        path.write_text(text)
-        check = subprocess.run([NODE, "--check", str(path)], capture_output=True, text=True, timeout=60)
-        assert check.returncode == 0, check.stderr
+def test_page_js_passes_node_check_and_loads_without_a_document(tmp_path):
+    check = subprocess.run([NODE, "--check", str(PAGE_JS)], capture_output=True, text=True, timeout=60)
+    assert check.returncode == 0, check.stderr
+    helpers = run_node(tmp_path, "console.log(JSON.stringify(Object.keys(picamd).sort()));\n")
+    assert helpers == sorted(["boundaryOf", "MultipartReader", "frameFromHeaders", "frameFromMeta", "parseMotion", "nameProblem",
+                              "regionCommand", "stallAction", "formatDuration", "formatExposure"])
+
+
+def test_the_loader_refuses_files_that_would_break_the_page():
+    html = (WEB / "index.html").read_text()
+    css, js = (WEB / "page.css").read_text(), PAGE_JS.read_text()
+    assert build_page(html, css, js).body.count(b"<script>") == 1
+    for bad_html, bad_css, bad_js, why in [
+        (html, css + "</style><script>alert(1)", js, "page.css contains"),
+        (html, css, js + "\n// </script>", "page.js contains"),
+        (html.replace('<script src="page.js"></script>', ""), css, js, "reference page.js exactly once"),
+        (html + '<link rel="stylesheet" href="page.css">', css, js, "reference page.css exactly once"),
+    ]:
+        with pytest.raises(ValueError, match=why):
+            build_page(bad_html, bad_css, bad_js)
 
 
 @needs_node
 def test_multipart_reader_splits_the_real_stream_in_any_chunking(rig, tmp_path):
-    _, _, parser = fetch_page(rig.server.port)
-    body = stream_bytes(rig.server.port, parts=4)
+    body = stream_bytes(rig.port, parts=4)
     expected = split_parts(body)
     program = r"""
 const crypto = require('crypto');
@@ -304,11 +260,11 @@ for (const sizes of [[1], [7, 13], [4096], [65536], [input.length]]) {
 }
 console.log(JSON.stringify(results));
 """
-    results = run_node(tmp_path, script_by_id(parser, "picamd-lib"), program, body)
+    results = run_node(tmp_path, program, body)
     assert len(expected) >= 4
     for parts in results:  # the same parts however the bytes were cut
         assert len(parts) == len(expected)
-        for got, (headers, jpeg) in zip(parts, expected):
+        for got, (headers, jpeg) in zip(parts, expected, strict=True):
             assert got["sha"] == hashlib.sha256(jpeg).hexdigest()
             assert got["headers"] == headers
             fields = got["fields"]
@@ -319,8 +275,7 @@ console.log(JSON.stringify(results));
 
 
 @needs_node
-def test_multipart_reader_refuses_what_is_not_the_stream(rig, tmp_path):
-    _, _, parser = fetch_page(rig.server.port)
+def test_multipart_reader_refuses_what_is_not_the_stream(tmp_path):
     program = r"""
 const out = {};
 const attempt = (name, bytes, boundary = 'frame') => {
@@ -338,7 +293,7 @@ out.boundaries = [picamd.boundaryOf('multipart/x-mixed-replace; boundary=frame')
                   picamd.boundaryOf('multipart/x-mixed-replace;boundary="a b"'), picamd.boundaryOf('image/jpeg'), picamd.boundaryOf(null)];
 console.log(JSON.stringify(out));
 """
-    out = run_node(tmp_path, script_by_id(parser, "picamd-lib"), program)
+    out = run_node(tmp_path, program)
     assert "no boundary line" in out["html page"]["error"] and "no boundary line" in out["other boundary"]["error"]
     assert "Content-Length" in out["no length"]["error"] and "Content-Length" in out["negative length"]["error"]
     assert out["endless headers"]["error"] == "part headers too long"
@@ -347,8 +302,7 @@ console.log(JSON.stringify(out));
 
 
 @needs_node
-def test_region_command_line_and_every_refusal(rig, tmp_path):
-    _, _, parser = fetch_page(rig.server.port)
+def test_region_command_line_and_every_refusal(tmp_path):
     cases = [
         # rect (fractions of the image), frame size, name, min, names taken
         ("plain", [0.64, 0.30, 0.94, 0.56], [1024, 768], "press1", "", []),
@@ -378,7 +332,7 @@ def test_region_command_line_and_every_refusal(rig, tmp_path):
     ]
     program = "const cases = JSON.parse(input);\nconsole.log(JSON.stringify(Object.fromEntries(cases.map(([label, ...args]) =>\n" \
               "  [label, picamd.regionCommand(...args, 'http://127.0.0.1:8080')]))));\n"
-    out = run_node(tmp_path, script_by_id(parser, "picamd-lib"), program, json.dumps(cases).encode())
+    out = run_node(tmp_path, program, json.dumps(cases).encode())
 
     assert out["plain"]["command"] == "region add press1 655 230 308 200" and out["plain"]["error"] == ""
     assert out["plain"]["fractions"] == "0.6400 0.3000 0.3000 0.2600"
@@ -402,8 +356,7 @@ def test_region_command_line_and_every_refusal(rig, tmp_path):
 
 
 @needs_node
-def test_stall_decisions_and_formatting(rig, tmp_path):
-    _, _, parser = fetch_page(rig.server.port)
+def test_stall_decisions_and_formatting(tmp_path):
     program = r"""
 const s = picamd.stallAction;
 console.log(JSON.stringify({
@@ -428,7 +381,7 @@ console.log(JSON.stringify({
                               motion: 'a=0.5000:RUNNING', motion_settling: true, note: 'x'}),
 }));
 """
-    out = run_node(tmp_path, script_by_id(parser, "picamd-lib"), program)
+    out = run_node(tmp_path, program)
     assert out["stall"] == ["live", "live", "live", "probe", "down", "waiting", "reconnect", "waiting", "waiting",
                             "waiting", "reconnect", "waiting", "reconnect"]
     assert out["motion"] == [[{"name": "press1", "fraction": 0.1234, "state": "RUNNING"},
@@ -452,7 +405,7 @@ def daemon(tmp_path_factory):
 
 def test_the_daemon_serves_what_the_page_reads(daemon):
     status, headers, body = daemon.http("/")
-    assert status == 200 and "Content-Security-Policy" in headers and b'id="picamd-lib"' in body
+    assert status == 200 and "Content-Security-Policy" in headers and PAGE_JS.read_bytes() in body
     health = json.loads(daemon.http("/health")[2])
     # The fields the page shows or computes with, from the real health report.
     assert health["camera"]["frame_size"] == [640, 480] and health["camera"]["state"] == "ok"
@@ -471,16 +424,13 @@ def test_the_daemon_serves_what_the_page_reads(daemon):
 
 @needs_node
 def test_the_line_the_page_builds_is_accepted_by_the_command_port(daemon, tmp_path):
-    parser = PageParser()
-    parser.feed(daemon.http("/")[2].decode())
-    lib = script_by_id(parser, "picamd-lib")
     health = json.loads(daemon.http("/health")[2])
     taken = list(health["motion"]["regions"])
     program = "const [rect, size, name, min, taken] = JSON.parse(input);\n" \
               "console.log(JSON.stringify(picamd.regionCommand(rect, size, name, min, taken, 'x')));\n"
 
     def build(rect, name, min_text=""):
-        return run_node(tmp_path, lib, program, json.dumps([rect, health["camera"]["frame_size"], name, min_text, taken]).encode())
+        return run_node(tmp_path, program, json.dumps([rect, health["camera"]["frame_size"], name, min_text, taken]).encode())
 
     out = build([0.05, 0.1, 0.25, 0.7], "door", "0.1")
     assert out["error"] == "" and out["command"] == "region add door 32 48 128 288 0.1"

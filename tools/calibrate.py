@@ -266,6 +266,8 @@ class DaemonFrames:
     # -- plain HTTP
     def get(self, path: str) -> tuple[int, dict[str, str], bytes]:
         url = urllib.parse.urlsplit(self.base + path)
+        if not url.hostname:
+            raise CalibrationError(f"no host in {self.base + path}")
         cls = http.client.HTTPSConnection if url.scheme == "https" else http.client.HTTPConnection
         conn = cls(url.hostname, url.port, timeout=HTTP_TIMEOUT_S)
         try:
@@ -293,7 +295,7 @@ class DaemonFrames:
             return None
         if len(frame) != 2 or len(ring) != 2 or min(frame + ring) < 1:
             return None
-        return frame, ring  # type: ignore[return-value]
+        return frame, ring
 
     def first_image(self) -> np.ndarray:
         status, _, body = self.get("/snapshot.jpg")
@@ -714,29 +716,33 @@ def run(args: argparse.Namespace) -> int:
     if args.video:
         if intervals is None:
             raise CalibrationError("--video needs --labels (which seconds of the video show the machine running and stopped)")
-        source: VideoFrames | DaemonFrames = VideoFrames(args.video, args.video_fps)
-        frame_size = args.frame_size or source.size
+        video = VideoFrames(args.video, args.video_fps)
+        source: VideoFrames | DaemonFrames = video
+        frame_size = args.frame_size or video.size
         ring_size = ring_size_for(args.ring or config.get("ring.downscale"), frame_size)
         origin = Path(args.video).name
         host = None
     else:
-        source = DaemonFrames(args.url, args.fps, args.snapshot)
-        sizes = source.sizes()
-        if sizes is None and args.frame_size is None:
-            image = source.first_image()
-            frame_size = (image.shape[1], image.shape[0])
-            print(f"note: {source.base}/health does not give the frame sizes; taking {frame_size[0]}x{frame_size[1]} "
-                  "from a snapshot (give --frame-size and --ring if the stream is not the full frame)", file=sys.stderr)
+        daemon = DaemonFrames(args.url, args.fps, args.snapshot)
+        source = daemon
+        sizes = daemon.sizes()
+        if args.frame_size is not None:
+            frame_size = args.frame_size
+        elif sizes is not None:
+            frame_size = sizes[0]
         else:
-            frame_size = args.frame_size or sizes[0]
+            image = daemon.first_image()
+            frame_size = (image.shape[1], image.shape[0])
+            print(f"note: {daemon.base}/health does not give the frame sizes; taking {frame_size[0]}x{frame_size[1]} "
+                  "from a snapshot (give --frame-size and --ring if the stream is not the full frame)", file=sys.stderr)
         if args.ring:
             ring_size = ring_size_for(args.ring, frame_size)
         elif sizes is not None:
             ring_size = sizes[1]
         else:
             ring_size = ring_size_for(config.get("ring.downscale"), frame_size)
-        origin = source.base
-        host = source.host
+        origin = daemon.base
+        host = daemon.host
 
     if args.rect is None and args.polygon is None:
         args.rect = select_region(source.first_image(), frame_size)
@@ -758,8 +764,10 @@ def run(args: argparse.Namespace) -> int:
 
     if intervals is not None:
         record_labelled(source, recorder, intervals)
-    else:
+    elif isinstance(source, DaemonFrames):
         record_prompted(source, recorder, args.running_s, args.stopped_s)
+    else:
+        raise CalibrationError("--video needs --labels (which seconds of the video show the machine running and stopped)")
     if isinstance(source, DaemonFrames) and source.undecodable:
         print(f"note: {source.undecodable} frames could not be decoded and were skipped", file=sys.stderr)
 

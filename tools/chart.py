@@ -7,7 +7,7 @@
 Reads, from LOG_DIR (rotated `.1`, `.2` ... files included):
 - `motion_<region>.jsonl`: one line per frame and region (changed fraction, moving, state),
 - `state_changes.jsonl` and `deep_sleep.jsonl`: the state changes,
-in the format `daemon/motion.py` describes. Lines that are not valid records
+in the format `daemon/motion/log.py` describes. Lines that are not valid records
 (a torn last line after a power cut, an edited file) are skipped and counted.
 
 The state timeline of each region comes from the per-frame records where they
@@ -253,8 +253,8 @@ class RegionReport:
 def timeline(frames: list[tuple[float, float, int, str]], changes: list[Change], start: float, end: float,
              gap_s: float) -> list[tuple[float, float, str]]:
     """Segments (from, to, state) covering [start, end]; see the module doc for the rules."""
-    # (ts, order, state, is_frame): at equal times the change comes first and the frame confirms it.
-    points = [(c.ts, 0, c.new, False, c.old) for c in changes]
+    # (ts, order, state, is_frame, old state): at equal times the change comes first and the frame confirms it.
+    points: list[tuple[float, int, str, bool, str | None]] = [(c.ts, 0, c.new, False, c.old) for c in changes]
     points += [(ts, 1, state, True, None) for ts, _f, _m, state in frames]
     points.sort(key=lambda p: (p[0], p[1]))
     segments: list[list[Any]] = []
@@ -275,7 +275,7 @@ def timeline(frames: list[tuple[float, float, int, str]], changes: list[Change],
         state = prev[2]
     elif inside and not inside[0][3]:
         prev = None
-        state = inside[0][4]  # the first change says what the state was before it
+        state = inside[0][4] or NO_DATA  # the first change says what the state was before it (only frames have no old state)
     else:
         prev = None
         state = NO_DATA

@@ -52,6 +52,8 @@ def stream_url(url: str, fps: float | None) -> urllib.parse.SplitResult:
 
 def open_stream(url: urllib.parse.SplitResult, timeout: float) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse, bytes]:
     """Connect and check the answer; returns the connection, the response and the multipart boundary."""
+    if not url.hostname:
+        raise StreamError(f"no host in {url.geturl()}", retry=False)
     cls = http.client.HTTPSConnection if url.scheme == "https" else http.client.HTTPConnection
     conn = cls(url.hostname, url.port, timeout=timeout)
     target = url.path + (f"?{url.query}" if url.query else "")

@@ -16,7 +16,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Callable, Protocol
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 import cv2
 import numpy as np
@@ -47,7 +48,7 @@ class CaptureLoop:
         night: NightController,
         bus: EventBus,
         status: ComponentStatus,
-        stages: list[FrameStage] | None = None,
+        stages: Sequence[FrameStage] | None = None,
         slowdown: Callable[[], float] = lambda: 1.0,
         first_source: Source | None = None,
     ) -> None:
@@ -136,7 +137,8 @@ class CaptureLoop:
         stop = self._worker.stopping
         backoff = 0.5
         while not stop.is_set():
-            if self._source is None and not self._open_source():
+            src = self._source if self._source is not None else self._open_source()
+            if src is None:
                 stop.wait(backoff)
                 backoff = min(backoff * 2, self._cfg.reopen_backoff_max_s)
                 continue
@@ -144,8 +146,8 @@ class CaptureLoop:
                 if self._pending_fps is not None:
                     fps, self._pending_fps = self._pending_fps, None
                     with self._source_lock:
-                        self._source.set_framerate(fps)
-                got = self._source.read(timeout=min(1.0, self._cfg.stall_timeout_s))
+                        src.set_framerate(fps)
+                got = src.read(timeout=min(1.0, self._cfg.stall_timeout_s))
             except Exception as exc:
                 self._fail(f"{self._described.get('source', 'source')} failed: {exc}")
                 continue
@@ -164,13 +166,14 @@ class CaptureLoop:
                 # Swap guard: stretch the frame interval to let memory recover.
                 stop.wait(self._frame_interval() * (factor - 1.0))
 
-    def _open_source(self) -> bool:
+    def _open_source(self) -> Source | None:
+        """Open a new source and make it current; None (and degraded) when it cannot be opened."""
         try:
             src = self._factory()
             src.open()
         except Exception as exc:
             self._degrade(f"cannot open camera: {exc}")
-            return False
+            return None
         with self._source_lock:
             self._source = src
         self._described = src.describe()
@@ -178,7 +181,7 @@ class CaptureLoop:
         self._reopens += 1
         self._night.camera_reopened()  # a reopened camera comes back at day exposure
         log.info("camera opened: %s", self._described)
-        return True
+        return src
 
     def _close_source(self) -> None:
         with self._source_lock:
@@ -208,10 +211,6 @@ class CaptureLoop:
             applied = src.apply_night(night, self._night_cfg.mode, self._night_cfg.exposure_us, self._night_cfg.gain)
         interval = applied.get("max_frame_interval_s") or applied.get("frame_interval_s")
         self._applied_interval = float(interval) if night and interval else None
-        for stage in self._stages:  # exposure changes everything; motion must re-baseline
-            reset = getattr(stage, "reset", None)
-            if reset is not None:
-                reset("night mode switch")
         return applied
 
     def _ingest(self, frame: np.ndarray, info: dict[str, Any]) -> None:

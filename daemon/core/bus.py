@@ -9,10 +9,13 @@ publisher, which is usually the capture loop.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
+
+from daemon.core.repeat import RepeatedLog
 
 log = logging.getLogger("picamd.bus")
 
@@ -39,6 +42,7 @@ class EventBus:
         self._history: list[Event] = []
         self._history_len = history
         self.errors = 0
+        self._errlog = RepeatedLog(log)
 
     def subscribe(self, prefix: str, handler: Handler) -> Callable[[], None]:
         """Call `handler` for every event whose kind starts with `prefix` ('' for all). Returns an unsubscribe function."""
@@ -66,7 +70,8 @@ class EventBus:
                     handler(event)
                 except Exception:  # a broken subscriber must not break the publisher
                     self.errors += 1
-                    log.exception("event subscriber %r failed on %s", handler, kind)
+                    self._errlog.log(logging.ERROR, f"{handler!r} {kind}", "event subscriber %r failed on %s", handler, kind,
+                                     exc_info=sys.exc_info()[1])
         return event
 
     def recent(self, prefix: str = "", limit: int = 50) -> list[Event]:

@@ -47,7 +47,7 @@ import numpy as np
 
 from daemon.image import sun
 from daemon.core.bus import EventBus
-from daemon.commands import Command, Registry, Reply, Session
+from daemon.commands import Command, Handler, Registry, Reply, Session
 from daemon.config import Section
 from daemon.core.status import ComponentStatus
 
@@ -103,7 +103,7 @@ def _positive(value: Any) -> float | None:
 
 def _summary(applied: dict[str, Any]) -> str:
     """The parts of what the camera applied that a person reading the log wants; everything when none is known."""
-    keys = [k for k in ("mode", "exposure_us", "gain", "note") if k in applied] or list(applied)
+    keys: list[str] = [k for k in ("mode", "exposure_us", "gain", "note") if k in applied] or list(applied)
     return ", ".join(f"{k}={applied[k]}" for k in keys)
 
 
@@ -552,7 +552,11 @@ class NightController:
         for choice, what in (("auto", "Give the decision back to the brightness rule"),
                              ("day", "Force day mode (automatic switching off until 'night auto')"),
                              ("night", "Force night mode (automatic switching off until 'night auto')")):
-            registry.register(Command("night", lambda _a, s, c=choice: self._cmd_night([c], s), what, mutating=True, sub=choice))
+            registry.register(Command("night", self._force_handler(choice), what, mutating=True, sub=choice))
+
+    def _force_handler(self, choice: str) -> Handler:
+        """The handler of 'night <choice>' (a function of its own, so each sub-command keeps its choice)."""
+        return lambda _args, session: self._cmd_night([choice], session)
 
     def _cmd_level(self, args: list[str], session: Session) -> Reply:
         body = self.level()

@@ -1,21 +1,36 @@
-"""Background writer of the motion logs (JSON lines, rotated by size).
+"""Background writer of the motion logs (JSON lines, rotated by size), and their format.
 
 The capture loop only appends to a bounded deque (`frames`: one entry per
 frame holding every region's record; `event`: no lock, no wake-up, a fraction
-of a microsecond); the thread `picamd-motionlog` collects the entries a few
-times a second, formats them, appends them to their files under the log folder
-and rotates a file when it would grow past the size cap: `motion_press1.jsonl`
-becomes `motion_press1.jsonl.1`, `.1` becomes `.2` and so on, keeping `keep`
-old files. The bound (`queue_size`) counts records whatever the number of
-regions; `stats()["queued"]` counts entries. When the queue is full (a very
-slow SD card) records are dropped and counted, never waited for. When the
-folder cannot be written (disk full, permissions) the records of the next few
-seconds are dropped and counted, the problem is reported through `on_problem`,
-and writing is tried again every `retry_s`; `on_problem(None)` says it works
-again.
+of a microsecond); the worker thread `picamd-motionlog` collects the entries a
+few times a second, formats them, appends them to their files under the log
+folder and rotates a file when it would grow past the size cap:
+`motion_press1.jsonl` becomes `motion_press1.jsonl.1`, `.1` becomes `.2` and so
+on, keeping `keep` old files. The bound (`queue_size`) counts records whatever
+the number of regions; `stats()["queued"]` counts entries. When the queue is
+full (a very slow SD card) records are dropped and counted, never waited for.
+When the folder cannot be written (disk full, permissions) the records of the
+next few seconds are dropped and counted, the problem is reported through
+`on_problem`, and writing is tried again every `retry_s`; `on_problem(None)`
+says it works again. `stop()` writes what is still queued (for at most about a
+second) and closes the files.
 
-The line formats are described in `daemon/motion.py`.
+The files, under `motion.log_dir` (each rotates at `motion.log_max_mb`,
+keeping `motion.log_keep`):
+- `motion_<region>.jsonl`, one line per frame (the region name with anything
+  but letters, digits, `_`, `.` and `-` replaced by `_`):
+  `{"ts": 1716200000.123, "frame_id": 4711, "region": "press1", "fraction": 0.0123,
+  "pixels": 812, "moving": true, "state": "RUNNING"}`; ts in seconds since
+  the epoch, fraction of the region changed, pixels changed at full-frame
+  scale, state after this frame. Frames not judged (settling, a fresh
+  baseline) have `"moving": null`, and `"settling": true` while settling.
+- `state_changes.jsonl` (`STATE_LOG`): every `motion.state` event, as
+  `{"event": "motion.state", "ts": ..., "region": ..., "machine_id": ..., "old": ...,
+  "new": ..., "frame_id": ..., "duration_s": ..., "idle_s": ..., "window_moving": ...}`.
+- `deep_sleep.jsonl` (`DEEP_SLEEP_LOG`): every `motion.deep_sleep` and
+  `motion.wake` event, same fields.
 """
+
 from __future__ import annotations
 
 import collections
@@ -25,8 +40,12 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO
+
+from daemon.core.repeat import RepeatedLog
+from daemon.core.worker import Worker
 
 log = logging.getLogger("picamd.motion")
 
@@ -36,6 +55,7 @@ DEEP_SLEEP_LOG = "deep_sleep.jsonl"
 _BATCH = 2048  # records written between flushes when the queue is busy
 _POLL_S = 0.25  # how often the writer collects what the capture loop queued
 _MAX_OPEN = 64  # more open files than this (regions come and go) closes them all; they reopen on demand
+_FINAL_S = 1.0  # how long stop() goes on writing what is still queued
 
 
 def motion_log_name(file_stem: str) -> str:
@@ -70,8 +90,8 @@ class MotionLog:
         self._capacity = max(1, queue_size)
         self._retry_s = retry_s
         self._files: dict[str, _OpenLog] = {}
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._worker = Worker("motionlog", self._step, interval_s=_POLL_S)
+        self._errlog = RepeatedLog(log)
         self._failing: str | None = None
         self._retry_at = 0.0
         # Counters (each written by one thread only).
@@ -109,25 +129,18 @@ class MotionLog:
 
     # -- lifecycle
     def start(self) -> None:
-        if self._thread is not None and self._thread.is_alive():
-            return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="picamd-motionlog", daemon=True)
-        self._thread.start()
+        self._worker.start()
 
-    def stop(self, timeout: float = 1.8) -> None:
-        """Write what is queued (for at most about a second), close the files, and end the thread."""
-        self._stop.set()
-        thread = self._thread
-        if thread is not None:
-            thread.join(timeout)
-            if thread.is_alive():
-                log.warning("motion log writer did not stop within %.1f s", timeout)
-        self._thread = None
+    def stop(self, timeout: float = 0.8) -> None:
+        """End the thread, then write what is still queued (for at most about a second) and close the files."""
+        if not self._worker.stop(timeout):
+            return  # still inside a write (a hung disk): the thread keeps its files; it is a daemon thread
+        self.flush(deadline=time.monotonic() + _FINAL_S)
+        self._close_all()
 
     @property
     def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return self._worker.alive
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -143,27 +156,24 @@ class MotionLog:
         }
 
     # -- the writer thread
-    def _run(self) -> None:
-        pending = self._queue
-        try:
-            while not self._stop.wait(_POLL_S):
-                self._drain(pending, deadline=None)
-            self._drain(pending, deadline=time.monotonic() + 1.0)  # what was queued before stop, within reason
-        finally:
-            self._close_all()
+    def _step(self) -> None:
+        self.flush(stopping=self._worker.stopping)
 
-    def _drain(self, pending: collections.deque, deadline: float | None) -> None:
+    def flush(self, deadline: float | None = None, stopping: threading.Event | None = None) -> None:
+        """Format and write what is queued, in batches, until the queue is empty, the monotonic `deadline` has
+        passed or `stopping` is set. On the writer thread, or on the caller's while that thread is not running."""
+        pending = self._queue
         while pending:
-            if deadline is not None and time.monotonic() > deadline:
+            if (deadline is not None and time.monotonic() > deadline) or (stopping is not None and stopping.is_set()):
                 return
-            batch = []
+            batch: list[tuple[str, str, Any]] = []
             while pending and len(batch) < _BATCH:
                 batch.append(pending.popleft())
             try:
                 self._write_batch(batch)
             except Exception as exc:  # a bug here must not end the logs for good
                 self.write_errors += 1
-                log.exception("motion log writer failed on a batch: %s", exc)
+                self._errlog.log(logging.ERROR, type(exc).__name__, "motion log writer failed on a batch: %s", exc, exc_info=exc)
 
     def _write_batch(self, batch: list[tuple[str, str, Any]]) -> None:
         lines: dict[str, list[bytes]] = {}
@@ -216,7 +226,7 @@ class MotionLog:
         if len(self._files) >= _MAX_OPEN:
             self._close_all()
         self.dir.mkdir(parents=True, exist_ok=True)
-        fh = open(self.dir / name, "ab")
+        fh = open(self.dir / name, "ab")  # kept open across batches, closed by _close
         handle = _OpenLog(fh, fh.tell())
         self._files[name] = handle
         return handle
@@ -248,9 +258,10 @@ class MotionLog:
         self._close_all()
         reason = f"cannot write motion log {self.dir / name}: {exc.strerror or exc}"
         self._retry_at = time.monotonic() + self._retry_s
+        # Logged at once, then once a minute with a count while it goes on failing.
+        self._errlog.error(reason, "%s; dropping log lines, retrying every %.0f s", reason, self._retry_s)
         if self._failing != reason:
             self._failing = reason
-            log.error("%s; dropping log lines, retrying every %.0f s", reason, self._retry_s)
             self._on_problem(reason)
 
     def _close(self, name: str) -> None:

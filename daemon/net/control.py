@@ -41,6 +41,7 @@ from typing import Any, Iterator
 from daemon.commands import Command, Registry, Reply, Session
 from daemon.config import Section
 from daemon.net.allow import peer_allowed
+from daemon.core.repeat import RepeatedLog
 from daemon.core.status import ComponentStatus
 from daemon.core.worker import Worker
 
@@ -52,8 +53,6 @@ _READ_POLL_S = 1.0
 _LINGER_S = 1.0
 # At most this many refused connections are drained at once; beyond that they are closed at once.
 _MAX_LINGERING = 64
-# One refusal log line per peer and reason per this many seconds (port scanners would flood journald).
-_REFUSAL_LOG_EVERY_S = 60.0
 _RECV_BYTES = 65536
 # A first command line this soon after connecting comes from a pipe, not from a person typing.
 _SCRIPT_FIRST_LINE_S = 0.3
@@ -107,7 +106,7 @@ class ControlServer:
         self._port: int | None = None
         self._clients: dict[int, _Client] = {}
         self._next_number = 0
-        self._refusal_logged: dict[tuple[str, str], float] = {}
+        self._refusals = RepeatedLog(log, max_keys=1000)  # one line per address and reason a minute, then a count
         self._counts = {
             "connections_total": 0,
             "commands_served": 0,
@@ -283,15 +282,7 @@ class ControlServer:
         selector.register(sock, selectors.EVENT_READ)
 
     def _log_refusal(self, ip: str, reason: str) -> None:
-        now = time.monotonic()
-        key = (ip, reason)
-        last = self._refusal_logged.get(key)
-        if last is not None and now - last < _REFUSAL_LOG_EVERY_S:
-            return
-        if len(self._refusal_logged) > 1000:
-            self._refusal_logged.clear()
-        self._refusal_logged[key] = now
-        log.info("refused a command connection from %s: %s", ip, reason)
+        self._refusals.log(logging.INFO, f"{ip} {reason}", "refused a command connection from %s: %s", ip, reason)
 
     # -- one client
     def _serve_client(self, client: _Client) -> None:
@@ -393,13 +384,14 @@ class ControlServer:
             return self._too_long(client, max_line)
         if not raw.strip():
             return None  # a blank line is no command (an interactive user pressing enter)
+        line: str | None = None  # stays None for a line that is not UTF-8
         try:
-            line = raw.decode("utf-8")
+            text = raw.decode("utf-8")
         except UnicodeDecodeError:
             reply = Reply.error("command is not valid UTF-8 text")
-            line = None
         else:
-            reply = self._registry.dispatch(line, session)
+            line = text
+            reply = self._registry.dispatch(text, session)
         with self._lock:
             self._counts["commands_served"] += 1
         if log.isEnabledFor(logging.DEBUG):

@@ -30,6 +30,7 @@ from typing import Any, Iterable
 
 from daemon.core.bus import Event
 from daemon.core.status import ComponentStatus
+from daemon.core.worker import Worker
 from daemon.core.timefmt import format_duration
 
 log = logging.getLogger("picamd.notify")
@@ -137,12 +138,13 @@ def summarize(event: Event, host: str) -> Summary:
     idle = _number(_first(data, _IDLE_KEYS))
     text = _first(data, _TEXT_KEYS)
     what = str(new).upper() if new is not None else event.kind
+    quiet = idle if idle is not None else duration
     if text is not None:
         detail = _one_line(text)
     elif old_state in _NO_STATE_YET:
         detail = "first reading since start"
-    elif what == "RUNNING" and old_state in _IDLE_STATES and (idle if idle is not None else duration) is not None:
-        detail = f"idle for {format_duration(idle if idle is not None else duration)}"
+    elif what == "RUNNING" and old_state in _IDLE_STATES and quiet is not None:
+        detail = f"idle for {format_duration(quiet)}"
     elif duration is not None and old_state is not None:
         detail = f"was {old_state} for {format_duration(duration)}"
     elif duration is not None:
@@ -224,8 +226,8 @@ class Sender:
         self._stats: dict[str, _ChannelStats] = {}
         self._lanes: dict[tuple[str, str], _Lane] = {}
         self._cond = threading.Condition()
-        self._thread: threading.Thread | None = None
-        self._stop: threading.Event | None = None
+        self._worker = Worker("notify", self._step, status=status, on_stop=self._wake, join_timeout_s=1.5)
+        self._started = False
         for channel in channels:
             self.add_channel(channel)
 
@@ -285,32 +287,25 @@ class Sender:
     # -- lifecycle
     @property
     def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive() and self._stop is not None and not self._stop.is_set()
+        return self._worker.alive and not self._worker.stopping.is_set()
 
     def start(self) -> None:
-        if self.running:
-            return
-        # A fresh stop event per run: a worker left finishing an attempt by stop() sees its own
-        # event set and exits, even if the sender is started again meanwhile.
-        stop = threading.Event()
-        self._stop = stop
-        self._thread = threading.Thread(target=self._run, args=(stop,), name="picamd-notify", daemon=True)
-        self._thread.start()
+        self._started = True
+        self._worker.start()
 
     def stop(self, timeout: float = 1.5) -> None:
-        stop, thread = self._stop, self._thread
-        if stop is None or thread is None:
+        if not self._started:
             return
-        stop.set()
-        with self._cond:
-            self._cond.notify_all()
-        thread.join(timeout)
-        if thread.is_alive():
+        self._started = False
+        if not self._worker.stop(timeout):
             log.info("notify: an attempt is still in progress; it ends within notify.timeout_s and is not retried")
         unsent = self.queued()
         if unsent:
             log.warning("notify: %d notification(s) not sent at shutdown", unsent)
-        self._thread = None
+
+    def _wake(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
 
     def forget_failures(self) -> None:
         """After a config change, judge the channels afresh instead of staying degraded on an old address."""
@@ -366,32 +361,31 @@ class Sender:
             return best, 0.0
         return None, best_due - now
 
-    def _run(self, stop: threading.Event) -> None:
-        log.debug("notify sender started")
-        while True:
+    def _step(self) -> None:
+        """One delivery attempt, or a wait until the next one is due."""
+        stop = self._worker.stopping
+        with self._cond:
+            if stop.is_set():
+                return
+            lane, wait = self._next_due(time.monotonic())
+            if lane is None:
+                self._cond.wait(wait)
+                return
+            if lane.current is None:
+                lane.current = lane.pending.popleft()
+            delivery = lane.current
+            delivery.attempts += 1
+            delivery.in_flight = True
+        try:
+            self._attempt(lane, delivery)
+        except Exception as exc:  # bookkeeping bugs are counted, the worker carries on
+            self._status.error("notify worker error", exc)
             with self._cond:
-                if stop.is_set():
-                    break
-                lane, wait = self._next_due(time.monotonic())
-                if lane is None:
-                    self._cond.wait(wait)
-                    continue
-                if lane.current is None:
-                    lane.current = lane.pending.popleft()
-                delivery = lane.current
-                delivery.attempts += 1
-                delivery.in_flight = True
-            try:
-                self._attempt(lane, delivery)
-            except Exception as exc:  # bookkeeping bugs are counted, the worker carries on
-                self._status.error("notify worker error", exc)
-                with self._cond:
-                    if lane.current is delivery:
-                        lane.current = None
-                    self._retire_if_empty(lane)
-            finally:
-                delivery.in_flight = False
-        log.debug("notify sender stopped")
+                if lane.current is delivery:
+                    lane.current = None
+                self._retire_if_empty(lane)
+        finally:
+            delivery.in_flight = False
 
     def _attempt(self, lane: _Lane, delivery: _Delivery) -> None:
         channel, destination = lane.channel, lane.destination

@@ -101,7 +101,8 @@ class OpenCVSource(Source):
 
     @property
     def shown_device(self) -> str:
-        return redact_url(self._device) if self._kind == "url" else str(self._device)
+        device = str(self._device)
+        return redact_url(device) if self._kind == "url" else device
 
     # -- opening -----------------------------------------------------------------------------
 
@@ -118,7 +119,7 @@ class OpenCVSource(Source):
 
     def _configure_device(self, cap: cv2.VideoCapture) -> None:
         # USB cameras deliver full resolution at a useful rate only as MJPEG; a camera without it ignores the request.
-        cap.set(cv2.CAP_PROP_FOURCC, cv2.VideoWriter_fourcc(*"MJPG"))
+        cap.set(cv2.CAP_PROP_FOURCC, cv2.VideoWriter.fourcc(*"MJPG"))
         cap.set(cv2.CAP_PROP_FRAME_WIDTH, int(self._cam.width))
         cap.set(cv2.CAP_PROP_FRAME_HEIGHT, int(self._cam.height))
         cap.set(cv2.CAP_PROP_FPS, float(self._fps))
@@ -129,7 +130,7 @@ class OpenCVSource(Source):
             return
         if not self._released.wait(CLOSE_WAIT_S):
             raise SourceError(f"{self.shown_device}: the previous capture has not released the device yet")
-        if self._kind == "file" and not Path(self._device).is_file():
+        if self._kind == "file" and not Path(str(self._device)).is_file():
             raise SourceError(f"no such video file: {self._device}")
         started = time.monotonic()
         try:

@@ -171,10 +171,12 @@ class Picamera2Source(Source):
     # -- configurations --------------------------------------------------------------------
 
     def _transform(self) -> Any:
-        libcamera = getattr(self._module, "libcamera", None)
-        if libcamera is None:
+        module = getattr(self._module, "libcamera", None)
+        if module is None:
             import libcamera  # noqa: PLC0415 - ships with picamera2 on the Pi
-        return libcamera.Transform(hflip=int(bool(self._cfg.hflip)), vflip=int(bool(self._cfg.vflip)))
+
+            module = libcamera
+        return module.Transform(hflip=int(bool(self._cfg.hflip)), vflip=int(bool(self._cfg.vflip)))
 
     def _size(self) -> tuple[int, int]:
         # Picamera2 wants even sizes; it would round them down the same way.
@@ -406,8 +408,9 @@ class Picamera2Source(Source):
         info = self._info_from(metadata)
         with self._cond:
             self._metadata = {k: jsonable(v) for k, v in metadata.items()}
-            if self._mode == "day" and metadata.get("ColourGains"):
-                self._colour_gains = tuple(float(g) for g in metadata["ColourGains"])
+            gains = metadata.get("ColourGains")
+            if self._mode == "day" and gains and len(gains) == 2:  # (red, blue); anything else could not be set back
+                self._colour_gains = (float(gains[0]), float(gains[1]))
         self._frames.put((frame, info))
 
     def _fail(self, reason: str) -> None:

@@ -202,16 +202,15 @@ def _video_index(path: str) -> int:
 
 def _list_v4l2(active: Source | None, dev_glob: str) -> list[dict[str, Any]]:
     out = []
-    active_device = None
-    if isinstance(active, OpenCVSource) and active.is_open:
-        active_device = str(active.device)
+    in_use = active if isinstance(active, OpenCVSource) and active.is_open else None
+    active_device = None if in_use is None else os.path.realpath(str(in_use.device))
     for path in sorted(glob.glob(dev_glob), key=_video_index):
         entry: dict[str, Any] = {"device": path, "name": _v4l2_name(path)}
         name = (entry["name"] or "").lower()
         if any(name.startswith(n) for n in PI_INTERNAL_NODES):
             entry.update(opens=None, note="Pi camera pipeline, codec or ISP node (not a camera for OpenCV)")
-        elif active_device is not None and os.path.realpath(path) == os.path.realpath(active_device):
-            d = active.describe()
+        elif in_use is not None and os.path.realpath(path) == active_device:
+            d = in_use.describe()
             entry.update(opens=True, in_use_by_picamd=True, width=d.get("width"), height=d.get("height"))
         else:
             probe = probe_opencv(path)

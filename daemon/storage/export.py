@@ -5,7 +5,8 @@ named after the wall-clock time of its (newest) frame in the daemon's local
 time zone (the TZ of the service, usually the Pi's /etc/localtime), plus an
 optional `<same name>.json` sidecar with the frame metadata and how the image
 was made. Kinds: `save` (one frame on request), `stack` (pastStack, stack),
-`auto` and `autostack` (the auto-saver). Files appear under their final name
+`auto` and `autostack` (the auto-saver), `detect` (an annotated frame from
+`detect save`). Files appear under their final name
 only when complete (`atomicfile.write_atomic`), so rsync and scp never copy
 half an image.
 
@@ -44,12 +45,12 @@ from daemon.core.status import ComponentStatus
 log = logging.getLogger("picamd.export")
 
 FORMATS = ("jpg", "png", "npy")
-KINDS = ("save", "stack", "auto", "autostack")
+KINDS = ("save", "stack", "auto", "autostack", "detect")
 AUTO_KINDS = ("auto", "autostack")
 MAX_STACK = 1000
 
 _CAPTURE_NAME = re.compile(
-    r"^(?P<stamp>\d{8}-\d{6}\.\d{3})_f(?P<frame>-?\d+)_(?P<kind>save|stack|autostack|auto)(?:-(?P<dup>\d+))?"
+    r"^(?P<stamp>\d{8}-\d{6}\.\d{3})_f(?P<frame>-?\d+)_(?P<kind>save|stack|autostack|auto|detect)(?:-(?P<dup>\d+))?"
     r"\.(?P<ext>jpg|png|npy|json)$"
 )
 _DAY_DIR = re.compile(r"^\d{4}-\d{2}-\d{2}$")
@@ -221,6 +222,18 @@ class Exporter:
         how = self._describe(kind, "single", [meta], frame, source="full")
         return self._write(frame, meta, kind, fmts, how), how
 
+    def save_image(self, image: np.ndarray, meta: FrameMeta, kind: str, how: dict[str, Any],
+                   formats: list[str] | None = None, *, sidecar: bool | None = None) -> list[Path]:
+        """Write an image made elsewhere (an annotated frame, say) as a capture of `meta`'s frame: same names,
+        atomic writes, retention and sidecar as save(); `how` becomes the sidecar's `capture` part and must
+        hold at least `kind`, `method` and `frames`. `sidecar` overrides export.sidecar for this capture."""
+        fmts = self._formats(formats)
+        self._check_kind(kind)
+        missing = [k for k in ("kind", "method", "frames") if k not in how]
+        if missing:
+            raise ExportError(f"capture description lacks {', '.join(missing)}")
+        return self._write(image, meta, kind, fmts, how, sidecar=sidecar)
+
     def past_stack(self, formats: list[str] | None = None) -> list[Path]:
         """Stack the ring frames of the last save_before_s seconds (by timestamp), at most stack_count."""
         paths, _ = self.past_stack_info(formats)
@@ -301,15 +314,19 @@ class Exporter:
                 break
             if held is not None:
                 held[len(metas)] = frame
-            else:
+            elif acc is not None:
                 acc.add(frame)
             metas.append(meta)
+        if first_frame is None:  # not reached: the loop ends with a frame or raises
+            raise NoFrameError("no new frame")
         if held is not None:
             if len(metas) < 3:
                 method = "mean"  # too few samples to call any of them an outlier
             image = stack(held[: len(metas)], method, sigma)
-        else:
+        elif acc is not None:
             image = acc.result()
+        else:  # not reached: the first frame sets up one of the two
+            raise ExportError("nothing was stacked")
         for note in notes:
             log.warning("stack: %s", note)
         how = self._describe(kind, method, metas, first_frame, source="full", sigma=sigma)
@@ -504,8 +521,8 @@ class Exporter:
             how["sigma"] = sigma
         if len(metas) > 1:
             how["frame_ids"] = [m.frame_id for m in metas]  # a live stack may skip frames the camera sent meanwhile
-        exposures = [m.exposure_us for m in metas]
-        if len(metas) > 1 and all(e is not None for e in exposures):
+        exposures = [m.exposure_us for m in metas if m.exposure_us is not None]
+        if len(metas) > 1 and len(exposures) == len(metas):
             how["total_exposure_us"] = int(sum(exposures))
         return how
 
@@ -515,7 +532,7 @@ class Exporter:
         for fmt in fmts:
             if fmt == "npy":
                 header = 128  # numpy's .npy header is padded to a multiple of 64 bytes; 128 covers any (H, W, C)
-                out.append(_Encoded("npy", lambda tmp, img=image: np.save(tmp, img, allow_pickle=False),
+                out.append(_Encoded("npy", lambda tmp: np.save(tmp, image, allow_pickle=False),
                                     image.nbytes + header))
                 continue
             params = [cv2.IMWRITE_JPEG_QUALITY, int(self._cfg.jpeg_quality)] if fmt == "jpg" else []
@@ -528,7 +545,8 @@ class Exporter:
             out.append(_Encoded(fmt, buf.tobytes(), int(buf.size)))
         return out
 
-    def _write(self, image: np.ndarray, meta: FrameMeta, kind: str, fmts: list[str], how: dict[str, Any]) -> list[Path]:
+    def _write(self, image: np.ndarray, meta: FrameMeta, kind: str, fmts: list[str], how: dict[str, Any],
+               sidecar: bool | None = None) -> list[Path]:
         encoded = self._encode(image, fmts)  # outside the lock: encoding a full frame takes a while on a Pi
         day, stamp = capture_stamp(meta.ts)
         base_stem = f"{stamp}_f{meta.frame_id}_{kind}"
@@ -538,7 +556,7 @@ class Exporter:
             stem = self._unique_stem(day_dir, base_stem)
             images = [day_dir / f"{stem}.{e.ext}" for e in encoded]
             sidecar_data = None
-            if self._cfg.sidecar:
+            if self._cfg.sidecar if sidecar is None else sidecar:
                 sidecar_data = self._sidecar(meta, how, images, image, fmts)
             sizes = [e.size for e in encoded] + ([len(sidecar_data)] if sidecar_data is not None else [])
             written: list[Path] = []
