@@ -13,6 +13,7 @@ Run as a script, this module is the viewer process of the other benchmarks:
 attaches COUNT MJPEG viewers to /stream and prints one JSON line with the
 frames each received when the time is up (or when stdin closes).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,8 +28,9 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # the scripts run as `python bench/x.py`: make the daemon package importable
@@ -64,7 +66,7 @@ def table(title: str, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> s
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
     lines = [title]
     for n, row in enumerate(cells):
-        parts = [row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:])]
+        parts = [row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=False)]
         lines.append("  " + "  ".join(parts).rstrip())
         if n == 0:
             lines.append("  " + "  ".join("-" * w for w in widths))
@@ -102,7 +104,7 @@ def cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat", "rb") as fh:
         data = fh.read()
     # The command name (field 2) may hold spaces and parentheses; the fields after its last ')' are fixed.
-    fields = data[data.rindex(b")") + 2:].split()
+    fields = data[data.rindex(b")") + 2 :].split()
     utime, stime = int(fields[11]), int(fields[12])
     return (utime + stime) / CLOCK_TICKS
 
@@ -178,11 +180,14 @@ class DaemonProcess:
         assert self.proc is not None
         return self.proc.pid
 
-    def start(self) -> "DaemonProcess":
+    def start(self) -> DaemonProcess:
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "daemon", "--config", str(self.config_path), "--source", "synthetic"],
-            cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=self._log, stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
         )
         return self
 
@@ -222,7 +227,7 @@ class DaemonProcess:
             self._log.close()
         self._tmp.cleanup()
 
-    def __enter__(self) -> "DaemonProcess":
+    def __enter__(self) -> DaemonProcess:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:
@@ -251,7 +256,7 @@ class Viewer:
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="bench-viewer", daemon=True)
 
-    def start(self) -> "Viewer":
+    def start(self) -> Viewer:
         self._thread.start()
         return self
 
@@ -326,7 +331,9 @@ def viewers_process(port: int, count: int, seconds: float) -> subprocess.Popen:
     """COUNT viewers in their own process, so their reading never competes with the caller's threads for the GIL."""
     return subprocess.Popen(
         [sys.executable, str(Path(__file__).resolve()), "viewers", "--port", str(port), "--count", str(count), "--seconds", str(seconds)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -355,8 +362,13 @@ def synthetic_frames(count: int, *, fps: float = 10.0, noise: float | None = Non
     from daemon.config import Config
     from daemon.sources.synthetic import SyntheticSource
 
-    values: dict[str, Any] = {"camera.width": FRAME_W, "camera.height": FRAME_H, "camera.framerate": fps,
-                              "synthetic.start_phase": start_phase, "synthetic.seed": seed}
+    values: dict[str, Any] = {
+        "camera.width": FRAME_W,
+        "camera.height": FRAME_H,
+        "camera.framerate": fps,
+        "synthetic.start_phase": start_phase,
+        "synthetic.seed": seed,
+    }
     if noise is not None:
         values["synthetic.noise"] = noise
     config = Config(values)

@@ -23,6 +23,7 @@ one DBSCAN of the groups.
 
     .venv/bin/python bench/detect.py [--reps 25] [--kernels default builtin] [--threads 1 2]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -86,8 +87,14 @@ def time_pair(det: TFLiteDetector, frame: np.ndarray, reps: int) -> dict[str, fl
         post.append(result.post_ms)
         ratio.append(full[-1] / alone[-1])
         share.append((result.pre_ms + result.post_ms) / alone[-1])
-    return {"detect": bl.median(full), "invoke": bl.median(alone), "pre": bl.median(pre), "post": bl.median(post),
-            "ratio": bl.median(ratio), "share": bl.median(share)}
+    return {
+        "detect": bl.median(full),
+        "invoke": bl.median(alone),
+        "pre": bl.median(pre),
+        "post": bl.median(post),
+        "ratio": bl.median(ratio),
+        "share": bl.median(share),
+    }
 
 
 def part1(reps: int, kernel_paths: list[str], threads: list[int]) -> tuple[list[list[Any]], float, float]:
@@ -106,10 +113,26 @@ def part1(reps: int, kernel_paths: list[str], threads: list[int]) -> tuple[list[
                         ratio = t["ratio"]
                         worst = max(worst, ratio)
                         worst_share = max(worst_share, t["share"])
-                        rows.append([short, facts["kernels"], n, fname, t["invoke"], t["detect"], t["pre"], t["post"],
-                                     f"{t['share']:.1%}", f"{ratio:.3f}x"])
-                        print(f"  {short}, {facts['kernels']}, {n} thread(s), {fname}: invoke {t['invoke']:.2f} ms, "
-                              f"detect {t['detect']:.2f} ms ({ratio:.3f}x)", file=sys.stderr, flush=True)
+                        rows.append(
+                            [
+                                short,
+                                facts["kernels"],
+                                n,
+                                fname,
+                                t["invoke"],
+                                t["detect"],
+                                t["pre"],
+                                t["post"],
+                                f"{t['share']:.1%}",
+                                f"{ratio:.3f}x",
+                            ]
+                        )
+                        print(
+                            f"  {short}, {facts['kernels']}, {n} thread(s), {fname}: invoke {t['invoke']:.2f} ms, "
+                            f"detect {t['detect']:.2f} ms ({ratio:.3f}x)",
+                            file=sys.stderr,
+                            flush=True,
+                        )
                 finally:
                     det.close()
     return rows, worst, worst_share
@@ -154,8 +177,9 @@ def _child(kind: str, model: str, labels: str, kernels: str) -> None:
 
 
 def run_child(*args: str) -> dict[str, float]:
-    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", *args],
-                          capture_output=True, text=True, cwd=bl.ROOT, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), "--child", *args], capture_output=True, text=True, cwd=bl.ROOT, timeout=300
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"child {args} failed:\n{proc.stderr[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -166,12 +190,28 @@ def part2(kernel_paths: list[str]) -> list[list[Any]]:
     for short, model, labels in models():
         for kernels in kernel_paths:
             m = run_child("model", str(model), str(labels), kernels)
-            rows.append([f"{short}, {kernels} kernels", (m["runtime"] - m["base"]) / MiB, (m["model"] - m["runtime"]) / MiB,
-                         (m["detect"] - m["model"]) / MiB, (m["detect"] - m["base"]) / MiB, m["import_s"]])
+            rows.append(
+                [
+                    f"{short}, {kernels} kernels",
+                    (m["runtime"] - m["base"]) / MiB,
+                    (m["model"] - m["runtime"]) / MiB,
+                    (m["detect"] - m["model"]) / MiB,
+                    (m["detect"] - m["base"]) / MiB,
+                    m["import_s"],
+                ]
+            )
     try:
         s = run_child("sklearn", "", "", "")
-        rows.append([f"scikit-learn import + one DBSCAN of 12 people ({s['dbscan_s'] * 1e3:.0f} ms)", (s["sklearn"] - s["base"]) / MiB,
-                     None, (s["dbscan"] - s["sklearn"]) / MiB, (s["dbscan"] - s["base"]) / MiB, s["import_s"]])
+        rows.append(
+            [
+                f"scikit-learn import + one DBSCAN of 12 people ({s['dbscan_s'] * 1e3:.0f} ms)",
+                (s["sklearn"] - s["base"]) / MiB,
+                None,
+                (s["dbscan"] - s["sklearn"]) / MiB,
+                (s["dbscan"] - s["base"]) / MiB,
+                s["import_s"],
+            ]
+        )
     except RuntimeError as exc:
         print(f"(scikit-learn not measured: {str(exc).splitlines()[-1]})")
     return rows
@@ -194,23 +234,35 @@ def main() -> int:
         return 0
 
     rows, worst, worst_share = part1(args.reps, args.kernels, args.threads)
-    print(bl.table(
-        f"detect() end to end against interpreter.invoke() alone ({runtime.label}; medians of {args.reps} pairs, the two calls "
-        "alternating; pre = crop, resize, colour, quantise; post = decode, NMS, boxes to the frame; "
-        "(pre+post)/invoke and detect/invoke are medians of each pair's own ratio)",
-        ["model", "kernels", "threads", "frame", "invoke ms", "detect ms", "pre ms", "post ms", "(pre+post)/invoke", "detect/invoke"],
-        rows))
+    print(
+        bl.table(
+            f"detect() end to end against interpreter.invoke() alone ({runtime.label}; medians of {args.reps} pairs, the two calls "
+            "alternating; pre = crop, resize, colour, quantise; post = decode, NMS, boxes to the frame; "
+            "(pre+post)/invoke and detect/invoke are medians of each pair's own ratio)",
+            ["model", "kernels", "threads", "frame", "invoke ms", "detect ms", "pre ms", "post ms", "(pre+post)/invoke", "detect/invoke"],
+            rows,
+        )
+    )
     print()
     rss_rows = part2(args.kernels)
-    print(bl.table(
-        "RSS added by detection, each in a fresh process that has imported numpy, OpenCV and daemon.detect "
-        "(runtime = import; model = interpreter made, tensors allocated; first detect = two detect() on a 1920x1080 frame)",
-        ["what", "import MiB", "model MiB", "first detect MiB", "total MiB", "import s"], rss_rows))
+    print(
+        bl.table(
+            "RSS added by detection, each in a fresh process that has imported numpy, OpenCV and daemon.detect "
+            "(runtime = import; model = interpreter made, tensors allocated; first detect = two detect() on a 1920x1080 frame)",
+            ["what", "import MiB", "model MiB", "first detect MiB", "total MiB", "import s"],
+            rss_rows,
+        )
+    )
     # The verdict is on what detect() adds, pre + post against the inference, timed inside detect(): the
     # end-to-end ratio also carries how much the inference inside detect() was slowed by other load.
-    print(bl.verdict("detect", 1 + worst_share <= TARGET,
-                     f"pre + post at most {worst_share:.1%} of the inference over {len(rows)} model/kernel/thread/frame cases "
-                     f"(target <= {TARGET - 1:.0%}); detect()/invoke() end to end at most {worst:.3f}x (median of pairs)"))
+    print(
+        bl.verdict(
+            "detect",
+            1 + worst_share <= TARGET,
+            f"pre + post at most {worst_share:.1%} of the inference over {len(rows)} model/kernel/thread/frame cases "
+            f"(target <= {TARGET - 1:.0%}); detect()/invoke() end to end at most {worst:.3f}x (median of pairs)",
+        )
+    )
     return 0
 
 

@@ -10,6 +10,7 @@ taken over all exchanges of a scenario.
 
     .venv/bin/python bench/health_rtt.py [--clients 20] [--requests 20] [--reps 3]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -90,27 +91,57 @@ def main() -> int:
                 errors[viewers].extend(errs)
         health = daemon.health()
 
-    rows = [["1 client alone, 0 viewers", len(serial), len(serial_errors), bl.percentile(serial, 50) * 1e3,
-             bl.percentile(serial, 90) * 1e3, bl.percentile(serial, 99) * 1e3, max(serial) * 1e3]]
+    rows = [
+        [
+            "1 client alone, 0 viewers",
+            len(serial),
+            len(serial_errors),
+            bl.percentile(serial, 50) * 1e3,
+            bl.percentile(serial, 90) * 1e3,
+            bl.percentile(serial, 99) * 1e3,
+            max(serial) * 1e3,
+        ]
+    ]
     for viewers in (0, VIEWERS):
         t = samples[viewers]
-        rows.append([f"{args.clients} clients, {viewers} viewers", len(t), len(errors[viewers]), bl.percentile(t, 50) * 1e3,
-                     bl.percentile(t, 90) * 1e3, bl.percentile(t, 99) * 1e3, max(t) * 1e3])
-    print(bl.table(
-        f"health round trip, {args.clients} concurrent clients x {args.requests} exchanges x {args.reps} repeats "
-        f"(connect, send, half-close, read to EOF)",
-        ["scenario", "exchanges", "errors", "p50 ms", "p90 ms", "p99 ms", "max ms"], rows,
-    ))
-    print(f"  viewers received {min(viewer_frames)}..{max(viewer_frames)} frames each per repeat"
-          f"{'; viewer errors: ' + viewer_errors[0] if viewer_errors else ''}; "
-          f"camera {health['camera']['fps']:.1f} fps at the end, {health['encoder']['encodes']} encodes in all")
+        rows.append(
+            [
+                f"{args.clients} clients, {viewers} viewers",
+                len(t),
+                len(errors[viewers]),
+                bl.percentile(t, 50) * 1e3,
+                bl.percentile(t, 90) * 1e3,
+                bl.percentile(t, 99) * 1e3,
+                max(t) * 1e3,
+            ]
+        )
+    print(
+        bl.table(
+            f"health round trip, {args.clients} concurrent clients x {args.requests} exchanges x {args.reps} repeats "
+            f"(connect, send, half-close, read to EOF)",
+            ["scenario", "exchanges", "errors", "p50 ms", "p90 ms", "p99 ms", "max ms"],
+            rows,
+        )
+    )
+    print(
+        f"  viewers received {min(viewer_frames)}..{max(viewer_frames)} frames each per repeat"
+        f"{'; viewer errors: ' + viewer_errors[0] if viewer_errors else ''}; "
+        f"camera {health['camera']['fps']:.1f} fps at the end, {health['encoder']['encodes']} encodes in all"
+    )
     p99_quiet = bl.percentile(samples[0], 99)
     p99_busy = bl.percentile(samples[VIEWERS], 99)
     ok = not errors[0] and not errors[VIEWERS] and not viewer_errors
-    print(bl.verdict("health_rtt", ok,
-                     f"p50 {bl.percentile(samples[VIEWERS], 50) * 1e3:.1f} ms, p99 {p99_busy * 1e3:.1f} ms with {VIEWERS} viewers "
-                     f"(p99 {p99_quiet * 1e3:.1f} ms with none, {p99_busy / p99_quiet:.2f}x; one client alone p50 {bl.percentile(serial, 50) * 1e3:.1f} ms); "
-                     f"{len(errors[0]) + len(errors[VIEWERS])} failed exchanges (target: every exchange answered OK; the issue sets no latency figure)"))
+    print(
+        bl.verdict(
+            "health_rtt",
+            ok,
+            f"p50 {bl.percentile(samples[VIEWERS], 50) * 1e3:.1f} ms, p99 {p99_busy * 1e3:.1f} ms with {VIEWERS} viewers "
+            f"(p99 {p99_quiet * 1e3:.1f} ms with none, {p99_busy / p99_quiet:.2f}x; "
+            f"one client alone p50 {bl.percentile(serial, 50) * 1e3:.1f} ms); "
+            f"{len(errors[0]) + len(errors[VIEWERS])} failed exchanges "
+            "(target: every exchange answered OK; the issue sets no latency figure)",
+        )
+    )
     return 0
 
 

@@ -13,6 +13,7 @@ medians of the blocks are compared. Target: ingest <= 1.5x the resize.
 
     .venv/bin/python bench/ingest.py [--reps 15] [--block 40]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,18 +22,17 @@ import tempfile
 import time
 
 import benchlib as bl
-
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from daemon.core.bus import EventBus  # noqa: E402
 from daemon.capture.loop import CaptureLoop  # noqa: E402
-from daemon.config import Config  # noqa: E402
-from daemon.motion import Motion  # noqa: E402
-from daemon.image.night import NightController  # noqa: E402
 from daemon.capture.ring import LatestSlot, Ring  # noqa: E402
-from daemon.sources.base import SourceError  # noqa: E402
+from daemon.config import Config  # noqa: E402
+from daemon.core.bus import EventBus  # noqa: E402
 from daemon.core.status import ComponentStatus  # noqa: E402
+from daemon.image.night import NightController  # noqa: E402
+from daemon.motion import Motion  # noqa: E402
+from daemon.sources.base import SourceError  # noqa: E402
 
 TARGET = 1.5
 
@@ -47,16 +47,18 @@ def build_loop(config: Config, with_motion: bool) -> tuple[CaptureLoop, Motion |
     ring = Ring(config.get("ring.size"), bl.RING_H, bl.RING_W)
     latest = LatestSlot()
     holder: dict[str, CaptureLoop] = {}
-    night = NightController(config.section("night"), bus, apply_camera=lambda n: holder["loop"].apply_night(n),
-                            status=ComponentStatus("night"))
+    night = NightController(
+        config.section("night"), bus, apply_camera=lambda n: holder["loop"].apply_night(n), status=ComponentStatus("night")
+    )
     motion = None
     stages = []
     if with_motion:
         motion = Motion(config.section("motion"), bus, ComponentStatus("motion"), (bl.FRAME_W, bl.FRAME_H), (bl.RING_W, bl.RING_H))
         motion.start()
         stages.append(motion)
-    loop = CaptureLoop(config.section("camera"), config.section("night"), _no_source, ring, latest, night, bus,
-                       ComponentStatus("camera"), stages=stages)
+    loop = CaptureLoop(
+        config.section("camera"), config.section("night"), _no_source, ring, latest, night, bus, ComponentStatus("camera"), stages=stages
+    )
     holder["loop"] = loop
     return loop, motion
 
@@ -65,8 +67,15 @@ def measure(reps: int, block: int) -> dict[str, list[float]]:
     frames = [f for f, _info in bl.synthetic_frames(16)[0]]
     infos = [{"exposure_us": 10000, "gain": 1.0}] * len(frames)
     with tempfile.TemporaryDirectory(prefix="picamd-bench-") as tmp:
-        config = Config({"camera.width": bl.FRAME_W, "camera.height": bl.FRAME_H, "ring.size": 300,
-                         "ring.downscale": f"{bl.RING_W}x{bl.RING_H}", "motion.log_dir": tmp})
+        config = Config(
+            {
+                "camera.width": bl.FRAME_W,
+                "camera.height": bl.FRAME_H,
+                "ring.size": 300,
+                "ring.downscale": f"{bl.RING_W}x{bl.RING_H}",
+                "motion.log_dir": tmp,
+            }
+        )
         bare, _ = build_loop(config, with_motion=False)
         wired, motion = build_loop(config, with_motion=True)
         dst = np.empty((bl.RING_H, bl.RING_W, 3), np.uint8)
@@ -111,12 +120,17 @@ def main() -> int:
     ratios = {}
     for name, times in per_frame.items():
         # Ratio of each block to the resize block measured next to it, then the median: robust to drifts in load.
-        ratio = bl.median(t / b for t, b in zip(times, base))
+        ratio = bl.median(t / b for t, b in zip(times, base, strict=False))
         ratios[name] = ratio
         rows.append([name, bl.median(times) * 1e3, min(times) * 1e3, ratio])
-    print(bl.table(f"Ingest of a {bl.FRAME_W}x{bl.FRAME_H} frame into a {bl.RING_W}x{bl.RING_H} ring "
-                   f"({args.reps} blocks of {args.block} frames, OpenCV threads {cv2.getNumThreads()})",
-                   ["path", "median ms/frame", "best ms/frame", "x resize"], rows))
+    print(
+        bl.table(
+            f"Ingest of a {bl.FRAME_W}x{bl.FRAME_H} frame into a {bl.RING_W}x{bl.RING_H} ring "
+            f"({args.reps} blocks of {args.block} frames, OpenCV threads {cv2.getNumThreads()})",
+            ["path", "median ms/frame", "best ms/frame", "x resize"],
+            rows,
+        )
+    )
     ratio = ratios["ingest as wired (motion, 0 regions)"]
     print(bl.verdict("ingest", ratio <= TARGET, f"ingest {ratio:.2f}x cv2.resize alone (target <= {TARGET}x)"))
     return 0

@@ -18,6 +18,7 @@ the daemon's own `plan_capacity`, and what the daemon would use in total
 
     .venv/bin/python bench/memory.py [--framerate 30] [--samples 5]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,8 +46,7 @@ FRACTION = 0.25
 
 def measure(framerate: float, samples: int) -> dict[int, dict]:
     daemons = {
-        size: bl.DaemonProcess({"ring.size": size, "camera.framerate": framerate}, name=f"ring.size {size}")
-        for size in (SMALL, LARGE)
+        size: bl.DaemonProcess({"ring.size": size, "camera.framerate": framerate}, name=f"ring.size {size}") for size in (SMALL, LARGE)
     }
     try:
         for d in daemons.values():
@@ -70,9 +70,14 @@ def measure(framerate: float, samples: int) -> dict[int, dict]:
             time.sleep(0.3)
         for size, d in daemons.items():
             health = d.health()
-            out[size] = {"rss": bl.median(rss[size]), "rss_min": min(rss[size]), "rss_max": max(rss[size]),
-                         "ring_bytes": health["ring"]["bytes"], "fill": health["ring"]["fill"],
-                         "frame_bytes": health["ring"]["bytes"] // health["ring"]["capacity"]}
+            out[size] = {
+                "rss": bl.median(rss[size]),
+                "rss_min": min(rss[size]),
+                "rss_max": max(rss[size]),
+                "ring_bytes": health["ring"]["bytes"],
+                "fill": health["ring"]["fill"],
+                "frame_bytes": health["ring"]["bytes"] // health["ring"]["capacity"],
+            }
         return out
     finally:
         for d in daemons.values():
@@ -94,19 +99,36 @@ def main() -> int:
     share = overhead / ring_extra
     baseline = m[SMALL]["rss"]
     rows = [
-        [f"ring.size {size}", m[size]["fill"], m[size]["ring_bytes"] / MiB, m[size]["rss"] / MiB,
-         m[size]["rss_min"] / MiB, m[size]["rss_max"] / MiB]
+        [
+            f"ring.size {size}",
+            m[size]["fill"],
+            m[size]["ring_bytes"] / MiB,
+            m[size]["rss"] / MiB,
+            m[size]["rss_min"] / MiB,
+            m[size]["rss_max"] / MiB,
+        ]
         for size in (SMALL, LARGE)
     ]
-    print(bl.table(f"Daemon RSS with a full ring ({bl.RING_W}x{bl.RING_H} frames of {frame_bytes / 1024:.0f} KiB, "
-                   f"synthetic {bl.FRAME_W}x{bl.FRAME_H}, {args.samples} samples)",
-                   ["daemon", "frames held", "ring MiB", "RSS MiB (median)", "min", "max"], rows))
-    print(bl.table("Ring cost", ["figure", "MiB"], [
-        ["interpreter + daemon baseline (RSS with ring.size 2)", baseline / MiB],
-        [f"RSS growth from {SMALL} to {LARGE} frames", growth / MiB],
-        [f"pixels of {extra_frames} frames", ring_extra / MiB],
-        [f"overhead beyond the pixels ({share:+.1%} of them)", overhead / MiB],
-    ]))
+    print(
+        bl.table(
+            f"Daemon RSS with a full ring ({bl.RING_W}x{bl.RING_H} frames of {frame_bytes / 1024:.0f} KiB, "
+            f"synthetic {bl.FRAME_W}x{bl.FRAME_H}, {args.samples} samples)",
+            ["daemon", "frames held", "ring MiB", "RSS MiB (median)", "min", "max"],
+            rows,
+        )
+    )
+    print(
+        bl.table(
+            "Ring cost",
+            ["figure", "MiB"],
+            [
+                ["interpreter + daemon baseline (RSS with ring.size 2)", baseline / MiB],
+                [f"RSS growth from {SMALL} to {LARGE} frames", growth / MiB],
+                [f"pixels of {extra_frames} frames", ring_extra / MiB],
+                [f"overhead beyond the pixels ({share:+.1%} of them)", overhead / MiB],
+            ],
+        )
+    )
 
     per_frame_cost = frame_bytes + max(0.0, overhead / extra_frames)
     pi_rows = []
@@ -114,18 +136,34 @@ def main() -> int:
         fits, _why = plan_capacity(10**9, frame_bytes, available, FRACTION)
         default, _ = plan_capacity(300, frame_bytes, available, FRACTION)
         total = baseline + default * per_frame_cost
-        pi_rows.append([name, available / MiB, available * FRACTION / MiB, fits, fits / 10 / 60,
-                        default, total / MiB, (available - total) / MiB])
-    print(bl.table(
-        f"Pi memory table: {bl.RING_W}x{bl.RING_H} ring frames ({frame_bytes / 1024:.0f} KiB each), ring.max_ram_fraction {FRACTION}, "
-        f"daemon baseline {baseline / MiB:.0f} MiB as measured on this machine",
-        ["Pi", "available MiB", "ring budget MiB", "max frames", "minutes at 10 fps",
-         "ring.size 300 gives", "daemon total MiB", "left MiB"],
-        pi_rows,
-    ))
-    print(bl.verdict("memory", share < TARGET,
-                     f"ring overhead {overhead / MiB:.2f} MiB = {share:.1%} of the ring's {ring_extra / MiB:.1f} MiB (target < {TARGET:.0%}); "
-                     f"baseline RSS {baseline / MiB:.0f} MiB"))
+        pi_rows.append(
+            [name, available / MiB, available * FRACTION / MiB, fits, fits / 10 / 60, default, total / MiB, (available - total) / MiB]
+        )
+    print(
+        bl.table(
+            f"Pi memory table: {bl.RING_W}x{bl.RING_H} ring frames ({frame_bytes / 1024:.0f} KiB each), ring.max_ram_fraction {FRACTION}, "
+            f"daemon baseline {baseline / MiB:.0f} MiB as measured on this machine",
+            [
+                "Pi",
+                "available MiB",
+                "ring budget MiB",
+                "max frames",
+                "minutes at 10 fps",
+                "ring.size 300 gives",
+                "daemon total MiB",
+                "left MiB",
+            ],
+            pi_rows,
+        )
+    )
+    print(
+        bl.verdict(
+            "memory",
+            share < TARGET,
+            f"ring overhead {overhead / MiB:.2f} MiB = {share:.1%} of the ring's {ring_extra / MiB:.1f} MiB (target < {TARGET:.0%}); "
+            f"baseline RSS {baseline / MiB:.0f} MiB",
+        )
+    )
     return 0
 
 

@@ -18,6 +18,7 @@ Targets: ours 1 encode per frame; CPU with 8 viewers <= 1.5x CPU with 1 viewer.
 
     .venv/bin/python bench/mjpeg_clients.py [--reps 3] [--window 4] [--fps 10] [--quality 80]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,7 +49,8 @@ def start_seed(fps: float, quality: int) -> tuple[subprocess.Popen, int]:
     port = bl.free_port()
     proc = subprocess.Popen(
         [sys.executable, str(Path(__file__).with_name("seed_like.py")), "--port", str(port), "--fps", str(fps), "--quality", str(quality)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
 
     def ready() -> bool:
@@ -85,8 +87,8 @@ def window(server: Server, viewers: int, seconds: float) -> dict:
         for c in clients:
             c.stop()
     frames = frames1 - frames0
-    per_client = [b[0] - a[0] for a, b in zip(got0, got1)]
-    distinct = [b[1] - a[1] for a, b in zip(got0, got1)]
+    per_client = [b[0] - a[0] for a, b in zip(got0, got1, strict=False)]
+    distinct = [b[1] - a[1] for a, b in zip(got0, got1, strict=False)]
     return {
         "elapsed": elapsed,
         "cpu": cpu1 - cpu0,
@@ -108,8 +110,10 @@ def main() -> int:
     parser.add_argument("--quality", type=int, default=80)
     args = parser.parse_args()
 
-    ours = bl.DaemonProcess({"camera.framerate": args.fps, "mjpeg.quality": args.quality, "mjpeg.resolution": "full",
-                             "mjpeg.max_fps": max(15.0, args.fps)}, name="ours").start()
+    ours = bl.DaemonProcess(
+        {"camera.framerate": args.fps, "mjpeg.quality": args.quality, "mjpeg.resolution": "full", "mjpeg.max_fps": max(15.0, args.fps)},
+        name="ours",
+    ).start()
     seed_proc = None
     try:
         ours.wait_ready()
@@ -135,36 +139,53 @@ def main() -> int:
         one = results[(name, 1)]
         eight = results[(name, 8)]
         # The windows of one repeat ran back to back: compare them pairwise, then take the median.
-        ratio_8_1[name] = bl.median(e["cpu"] / o["cpu"] for o, e in zip(one, eight))
+        ratio_8_1[name] = bl.median(e["cpu"] / o["cpu"] for o, e in zip(one, eight, strict=False))
         for n in VIEWER_COUNTS:
             ws = results[(name, n)]
             per_client = [c for w in ws for c in w["per_client"]]
             distinct = [c for w in ws for c in w["distinct"]]
-            rows.append([
-                name, n,
-                bl.median(w["fps"] for w in ws),
-                bl.median(w["encodes_per_frame"] for w in ws) if n else bl.median(w["encodes"] for w in ws),
-                bl.median(per_client) if per_client else None,
-                bl.median(distinct) if distinct else None,
-                bl.median(w["cpu_per_s"] for w in ws) * 100,
-                bl.median(w["cpu"] for w in ws),
-                bl.median(w["cpu"] / o["cpu"] for w, o in zip(ws, one)),
-            ])
-    print(bl.table(
-        f"MJPEG /stream, {bl.FRAME_W}x{bl.FRAME_H} synthetic at {args.fps:g} fps, JPEG quality {args.quality}, "
-        f"{args.reps} windows of {args.window:g} s per row (medians)",
-        ["server", "viewers", "capture fps", "encodes/frame", "frames/s per viewer", "distinct/s per viewer",
-         "CPU % of a core", "CPU s per window", "CPU x 1 viewer"],
-        rows,
-    ))
+            rows.append(
+                [
+                    name,
+                    n,
+                    bl.median(w["fps"] for w in ws),
+                    bl.median(w["encodes_per_frame"] for w in ws) if n else bl.median(w["encodes"] for w in ws),
+                    bl.median(per_client) if per_client else None,
+                    bl.median(distinct) if distinct else None,
+                    bl.median(w["cpu_per_s"] for w in ws) * 100,
+                    bl.median(w["cpu"] for w in ws),
+                    bl.median(w["cpu"] / o["cpu"] for w, o in zip(ws, one, strict=False)),
+                ]
+            )
+    print(
+        bl.table(
+            f"MJPEG /stream, {bl.FRAME_W}x{bl.FRAME_H} synthetic at {args.fps:g} fps, JPEG quality {args.quality}, "
+            f"{args.reps} windows of {args.window:g} s per row (medians)",
+            [
+                "server",
+                "viewers",
+                "capture fps",
+                "encodes/frame",
+                "frames/s per viewer",
+                "distinct/s per viewer",
+                "CPU % of a core",
+                "CPU s per window",
+                "CPU x 1 viewer",
+            ],
+            rows,
+        )
+    )
     print("  (with 0 viewers the encodes/frame column shows the encodes in the window: ours encodes nothing then)")
     ours_epf = bl.median(w["encodes_per_frame"] for n in (1, 8) for w in results[("ours", n)])
     met = ours_epf <= 1.05 and ratio_8_1["ours"] <= CPU_TARGET
-    print(bl.verdict(
-        "mjpeg_clients", met,
-        f"ours {ours_epf:.2f} encodes/frame, CPU 8 viewers = {ratio_8_1['ours']:.2f}x 1 viewer (target 1 and <= {CPU_TARGET}x); "
-        f"seed-like {ratio_8_1['seed-like']:.2f}x",
-    ))
+    print(
+        bl.verdict(
+            "mjpeg_clients",
+            met,
+            f"ours {ours_epf:.2f} encodes/frame, CPU 8 viewers = {ratio_8_1['ours']:.2f}x 1 viewer (target 1 and <= {CPU_TARGET}x); "
+            f"seed-like {ratio_8_1['seed-like']:.2f}x",
+        )
+    )
     return 0
 
 

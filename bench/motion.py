@@ -36,6 +36,7 @@ record) and what the calls lose run one after another on fresh frames
 
     .venv/bin/python bench/motion.py [--reps 15] [--block 40]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,16 +45,15 @@ import tempfile
 import time
 
 import benchlib as bl
-
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from daemon.core.bus import EventBus  # noqa: E402
-from daemon.config import Config  # noqa: E402
-from daemon.motion import SMALL_REGION_PX, Motion  # noqa: E402
-from daemon.image.night import dark_score  # noqa: E402
 from daemon.capture.ring import FrameMeta  # noqa: E402
+from daemon.config import Config  # noqa: E402
+from daemon.core.bus import EventBus  # noqa: E402
 from daemon.core.status import ComponentStatus  # noqa: E402
+from daemon.image.night import dark_score  # noqa: E402
+from daemon.motion import SMALL_REGION_PX, Motion  # noqa: E402
 
 TARGET = 3.0
 #: Region sizes in full-frame pixels (w, h).
@@ -76,8 +76,7 @@ def layout(kind: str, centre: tuple[float, float], size: tuple[int, int]) -> lis
         return [region_at("r0", centre, size)]
     if kind == "8 on the machine":
         # Each shifted by 1/8 of the region from the previous one, in a 4x2 pattern.
-        return [region_at(f"r{i}", (centre[0] + (i % 4 - 1.5) * w / 8, centre[1] + (i // 4 - 0.5) * h / 8), size)
-                for i in range(8)]
+        return [region_at(f"r{i}", (centre[0] + (i % 4 - 1.5) * w / 8, centre[1] + (i // 4 - 0.5) * h / 8), size) for i in range(8)]
     if 4 * w > bl.FRAME_W or 2 * h > bl.FRAME_H:
         return None
     x0 = int(min(max(0, centre[0] - 2 * w), bl.FRAME_W - 4 * w))
@@ -105,7 +104,9 @@ class Feed:
         for _ in range(count):
             j = self.k % len(self.fulls)
             mono = 1000.0 + self.k * FRAME_DT
-            out.append((self.rings[j], FrameMeta(frame_id=self.k + 1, ts=1.7e9 + mono, mono=mono, dark_score=self.scores[j]), self.fulls[j]))
+            out.append(
+                (self.rings[j], FrameMeta(frame_id=self.k + 1, ts=1.7e9 + mono, mono=mono, dark_score=self.scores[j]), self.fulls[j])
+            )
             self.k += 1
         return out
 
@@ -114,8 +115,14 @@ def make_motion(config: Config) -> Motion:
     """The motion stage as the app builds it, but with its log writer thread not started: in the daemon that thread
     formats and writes the records on its own, and here it would land in whichever case is being timed. The records
     are queued (the capture thread's part, timed) and the writer's work is timed apart, in `writer_cost`."""
-    return Motion(config.section("motion"), EventBus(), ComponentStatus("motion"), (bl.FRAME_W, bl.FRAME_H),
-                  (bl.RING_W, bl.RING_H), log_queue_size=10**6)
+    return Motion(
+        config.section("motion"),
+        EventBus(),
+        ComponentStatus("motion"),
+        (bl.FRAME_W, bl.FRAME_H),
+        (bl.RING_W, bl.RING_H),
+        log_queue_size=10**6,
+    )
 
 
 def writer_cost(motion: Motion) -> float:
@@ -129,7 +136,7 @@ def writer_cost(motion: Motion) -> float:
     return elapsed / max(1, records)
 
 
-def part1(reps: int, block: int, fulls, rings, scores, centre, tmp: str) -> tuple[list[list], dict[str, list[float]]]:
+def part1(reps: int, block: int, fulls, rings, scores, centre, tmp: str) -> tuple[list[list], dict[str, list[float]], float]:
     cases: dict[tuple, tuple[Motion, Feed, int]] = {}
     base_config = Config({"motion.log_dir": f"{tmp}/none"})
     cases[("0",)] = (make_motion(base_config), Feed(fulls, rings, scores), 0)
@@ -152,7 +159,7 @@ def part1(reps: int, block: int, fulls, rings, scores, centre, tmp: str) -> tupl
         if not on_full:
             x, y = min(round(x * bl.RING_W / bl.FRAME_W), bl.RING_W - mw), min(round(y * bl.RING_H / bl.FRAME_H), bl.RING_H - mh)
         for colour, frames in (("bgr", fulls if on_full else rings), ("gray", grays_full if on_full else grays_ring)):
-            crops = [f[y:y + mh, x:x + mw] for f in frames]  # views, as the daemon's crops are
+            crops = [f[y : y + mh, x : x + mw] for f in frames]  # views, as the daemon's crops are
             absdiff_cases[(size, colour)] = (crops, np.empty(crops[0].shape, np.uint8))
 
     def run_motion(case: tuple) -> float:
@@ -206,14 +213,26 @@ def part1(reps: int, block: int, fulls, rings, scores, centre, tmp: str) -> tupl
                 rows.append([f"{size[0]}x{size[1]}", f"{mw}x{mh} {where}", kind, "-", None, None, None, None, None, None, "does not fit"])
                 continue
             n = cases[case][2]
-            per_region = [(t - f) / n for t, f in zip(times[case], fixed)]
-            bgr = bl.median(r / d for r, d in zip(per_region, diffs[(size, "bgr")]))
-            gray = bl.median(r / d for r, d in zip(per_region, diffs[(size, "gray")]))
+            per_region = [(t - f) / n for t, f in zip(times[case], fixed, strict=False)]
+            bgr = bl.median(r / d for r, d in zip(per_region, diffs[(size, "bgr")], strict=False))
+            gray = bl.median(r / d for r, d in zip(per_region, diffs[(size, "gray")], strict=False))
             ratios[kind].append(bgr)
-            states, fraction, passes = summary[case]
-            rows.append([f"{size[0]}x{size[1]}", f"{mw}x{mh} {where}", kind, passes, bl.median(times[case]) * 1e6,
-                         bl.median(per_region) * 1e6, bl.median(diffs[(size, "bgr")]) * 1e6, bgr,
-                         bl.median(diffs[(size, "gray")]) * 1e6, gray, f"{states} {fraction:.2f}"])
+            shown_states, fraction, passes = summary[case]
+            rows.append(
+                [
+                    f"{size[0]}x{size[1]}",
+                    f"{mw}x{mh} {where}",
+                    kind,
+                    passes,
+                    bl.median(times[case]) * 1e6,
+                    bl.median(per_region) * 1e6,
+                    bl.median(diffs[(size, "bgr")]) * 1e6,
+                    bgr,
+                    bl.median(diffs[(size, "gray")]) * 1e6,
+                    gray,
+                    f"{shown_states} {fraction:.2f}",
+                ]
+            )
     return rows, ratios, writer
 
 
@@ -225,11 +244,18 @@ def part2(reps: int, block: int, fulls, centre, tmp: str, ingest_module) -> list
         grid.append(region_at(f"g{i}", (cx, cy), (192, 144)))
     small = [region_at(f"s{i}", (centre[0] - 180 + 50 * i, centre[1]), (48, 40)) for i in range(8)]
     sets = {"0 regions": [], "8 regions 192x144 (ring crops)": grid, "8 regions 48x40 (full-frame crops)": small}
-    loops = {}
+    loops: dict[str, tuple] = {}
     for name, regions in sets.items():
-        config = Config({"camera.width": bl.FRAME_W, "camera.height": bl.FRAME_H, "ring.size": 300,
-                         "ring.downscale": f"{bl.RING_W}x{bl.RING_H}", "motion.log_dir": f"{tmp}/loop{len(loops)}",
-                         "motion.regions": regions})
+        config = Config(
+            {
+                "camera.width": bl.FRAME_W,
+                "camera.height": bl.FRAME_H,
+                "ring.size": 300,
+                "ring.downscale": f"{bl.RING_W}x{bl.RING_H}",
+                "motion.log_dir": f"{tmp}/loop{len(loops)}",
+                "motion.regions": regions,
+            }
+        )
         loops[name] = ingest_module.build_loop(config, with_motion=True)
     infos = {"exposure_us": 10000, "gain": 1.0}
 
@@ -252,7 +278,7 @@ def part2(reps: int, block: int, fulls, centre, tmp: str, ingest_module) -> list
     base = times["0 regions"]
     rows = []
     for name, t in times.items():
-        rows.append([name, bl.median(t) * 1e3, 1.0 / bl.median(t), bl.median(x / b for x, b in zip(t, base))])
+        rows.append([name, bl.median(t) * 1e3, 1.0 / bl.median(t), bl.median(x / b for x, b in zip(t, base, strict=False))])
     return rows
 
 
@@ -274,7 +300,7 @@ def step_times(reps: int, rings, centre, size: tuple[int, int]) -> dict[str, flo
     np.copyto(reference, blurred)
     cv2.threshold(cv2.absdiff(cv2.cvtColor(crops[1], cv2.COLOR_BGR2GRAY), reference), 24, 255, cv2.THRESH_BINARY, dst=changed)
     cv2.dilate(changed, kernel, dst=dilated)
-    view = dilated[pad:shape[0] - pad, pad:shape[1] - pad]
+    view = dilated[pad : shape[0] - pad, pad : shape[1] - pad]
     steps = {
         f"cvtColor BGR->gray ({shape[1]}x{shape[0]} box)": lambda k: cv2.cvtColor(crops[k % len(crops)], cv2.COLOR_BGR2GRAY, dst=gray),
         "GaussianBlur 5x5": lambda k: cv2.GaussianBlur(gray, (5, 5), 0, dst=blurred),
@@ -282,7 +308,8 @@ def step_times(reps: int, rings, centre, size: tuple[int, int]) -> dict[str, flo
         "accumulateWeighted": lambda k: cv2.accumulateWeighted(blurred, background, 0.05),
         "convertScaleAbs": lambda k: cv2.convertScaleAbs(background, dst=reference),
         "threshold": lambda k: cv2.threshold(diff, 24, 255, cv2.THRESH_BINARY, dst=changed),
-        "hasNonZero": lambda k: cv2.hasNonZero(changed),
+        # OpenCV 4.7+; apt's 4.6 (Pi OS bookworm) answers with countNonZero, as daemon/motion/measure.py does
+        "hasNonZero": (lambda k: cv2.hasNonZero(changed)) if hasattr(cv2, "hasNonZero") else (lambda k: cv2.countNonZero(changed) > 0),
         "dilate 5x5 (= 3x3 twice)": lambda k: cv2.dilate(changed, kernel, dst=dilated),
         "per region: countNonZero of its view": lambda k: cv2.countNonZero(view),
     }
@@ -309,9 +336,10 @@ def part3(reps: int, rings, centre, per_region: dict[tuple[int, int], float]) ->
     rows.append(["sum of the OpenCV calls"] + totals)
     measured = [per_region[size] for size in sizes]
     rows.append(["per region in Motion.process (part 1, N = 1)"] + measured)
-    rows.append(["remainder: Python around them; the calls slower in sequence"] + [m - t for m, t in zip(measured, totals)])
-    header = ["call, us per frame"] + [f"{w}x{h} ({measured_size((w, h))[0]}x{measured_size((w, h))[1]} ring, {b})"
-                                       for (w, h), b in zip(sizes, boxes)]
+    rows.append(["remainder: Python around them; the calls slower in sequence"] + [m - t for m, t in zip(measured, totals, strict=False)])
+    header = ["call, us per frame"] + [
+        f"{w}x{h} ({measured_size((w, h))[0]}x{measured_size((w, h))[1]} ring, {b})" for (w, h), b in zip(sizes, boxes, strict=False)
+    ]
     return rows, header
 
 
@@ -338,17 +366,36 @@ def main() -> int:
         rows1, ratios, writer = part1(args.reps, args.block, fulls, rings, scores, centre, tmp)
         rows2 = part2(args.reps, args.block, fulls, centre, tmp, ingest)
 
-    print(bl.table(
-        f"Motion per region, N regions around the running machine ({args.reps} blocks of {args.block} frames; us = microseconds)",
-        ["region (full px)", "measured on", "N", "passes", "process us", "per region us", "absdiff BGR us", "x BGR",
-         "absdiff grey us", "x grey", "states, max fraction"], rows1,
-    ))
-    print(f"  The log writer thread, apart: {writer * 1e6:.1f} us per region and frame to format and append its line "
-          f"(at 10 fps, 8 regions cost it {writer * 80 * 100:.2f}% of one core).")
-    print(bl.table(
-        f"Capture loop (_ingest of a {bl.FRAME_W}x{bl.FRAME_H} frame) as fast as it goes, without rendering",
-        ["motion regions", "ms/frame", "frames/s", "x 0 regions"], rows2,
-    ))
+    print(
+        bl.table(
+            f"Motion per region, N regions around the running machine ({args.reps} blocks of {args.block} frames; us = microseconds)",
+            [
+                "region (full px)",
+                "measured on",
+                "N",
+                "passes",
+                "process us",
+                "per region us",
+                "absdiff BGR us",
+                "x BGR",
+                "absdiff grey us",
+                "x grey",
+                "states, max fraction",
+            ],
+            rows1,
+        )
+    )
+    print(
+        f"  The log writer thread, apart: {writer * 1e6:.1f} us per region and frame to format and append its line "
+        f"(at 10 fps, 8 regions cost it {writer * 80 * 100:.2f}% of one core)."
+    )
+    print(
+        bl.table(
+            f"Capture loop (_ingest of a {bl.FRAME_W}x{bl.FRAME_H} frame) as fast as it goes, without rendering",
+            ["motion regions", "ms/frame", "frames/s", "x 0 regions"],
+            rows2,
+        )
+    )
     one = {}
     for row in rows1[1:]:
         if row[2] == "1":
@@ -357,11 +404,16 @@ def main() -> int:
     rows3, header3 = part3(args.reps, rings, centre, one)
     print(bl.table("Where a region's time goes: the calls of one pass over the box of one region, timed one by one", header3, rows3))
     eight = ratios["8 on the machine"] + ratios["8 side by side"]
-    print(bl.verdict("motion", max(eight) <= TARGET,
-                     f"per region against one cv2.absdiff of its BGR crop (target <= {TARGET}x with 8 regions): "
-                     f"8 on the machine {span(ratios['8 on the machine'])}, 8 side by side {span(ratios['8 side by side'])}, "
-                     f"1 region {span(ratios['1'])}; loop {rows2[0][2]:.0f} frames/s with 0 regions, "
-                     f"{rows2[1][2]:.0f} with 8 ring regions, {rows2[2][2]:.0f} with 8 small ones"))
+    print(
+        bl.verdict(
+            "motion",
+            max(eight) <= TARGET,
+            f"per region against one cv2.absdiff of its BGR crop (target <= {TARGET}x with 8 regions): "
+            f"8 on the machine {span(ratios['8 on the machine'])}, 8 side by side {span(ratios['8 side by side'])}, "
+            f"1 region {span(ratios['1'])}; loop {rows2[0][2]:.0f} frames/s with 0 regions, "
+            f"{rows2[1][2]:.0f} with 8 ring regions, {rows2[2][2]:.0f} with 8 small ones",
+        )
+    )
     return 0
 
 

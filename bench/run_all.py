@@ -7,6 +7,7 @@ Each script prints its tables and ends with a `VERDICT name: MET|MISSED - ...`
 line; the summary repeats those lines. Missed targets are figures, not
 failures: the exit status is non-zero only when a script could not run.
 """
+
 from __future__ import annotations
 
 import os
@@ -17,7 +18,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = ["ingest", "stacking", "motion", "memory", "health_rtt", "mjpeg_clients"]
+SCRIPTS = ["ingest", "stacking", "motion", "memory", "health_rtt", "mjpeg_clients", "detect", "detect_loop", "cpu_budget"]
 
 
 def machine() -> str:
@@ -36,8 +37,10 @@ def machine() -> str:
     import numpy
 
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    return (f"{model}, {os.cpu_count()} CPUs, load average {load}; Python {platform.python_version()}, "
-            f"numpy {numpy.__version__}, OpenCV {cv2.__version__}")
+    return (
+        f"{model}, {os.cpu_count()} CPUs, load average {load}; Python {platform.python_version()}, "
+        f"numpy {numpy.__version__}, OpenCV {cv2.__version__}"
+    )
 
 
 def main(argv: list[str]) -> int:

@@ -15,6 +15,7 @@ benchmark reads both servers the same way.
 
     python bench/seed_like.py --port 8090 [--fps 10] [--quality 80]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,7 +28,6 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import benchlib as bl
-
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 

@@ -1,15 +1,18 @@
 """Command line: run the daemon, list cameras, send a command like netcat, print the config table.
 
-    picamd [run] --config config.yaml [--source auto|synthetic|picamera2|opencv|DEVICE|URL|FILE]
-    picamd cameras
-    picamd ctl [--host H] [--port P] COMMAND...
-    picamd config-table [--write README.md]
-    picamd example-config [--demo]
-    picamd check-config --config config.yaml
+picamd [run] --config config.yaml [--source auto|synthetic|picamera2|opencv|DEVICE|URL|FILE]
+picamd cameras
+picamd ctl [--host H] [--port P] COMMAND...
+picamd config-table [--write README.md]
+picamd example-config [--demo]
+picamd check-config --config config.yaml
+picamd hash-password [--user NAME] < password.txt
 """
+
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
@@ -47,12 +50,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
         }
         for key, value in overrides.items():
             if value is not None:
-                config.set(key, value)
+                config.set(key, value, persist=False)  # for this run only: overwrite_config never writes it
     except ConfigError as exc:
         print(f"picamd: config refused: {exc}", file=sys.stderr)
         return 2
     _setup_logging(config.get("logging.level"))
-    from daemon.app import App  # imported late so `picamd config-table` works without OpenCV
+    from daemon.system.allocator import fix_mmap_threshold
+
+    logging.getLogger("picamd").info(fix_mmap_threshold())  # before the first frame: see daemon/system/allocator.py
+    try:
+        from daemon.app import App  # imported late so `picamd config-table` works without OpenCV
+    except ImportError as exc:
+        return _without_opencv(exc)
 
     try:
         app = App(config, source_override=args.source)
@@ -78,8 +87,23 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _without_opencv(exc: ImportError) -> int:
+    """OpenCV is not a plain dependency (apt's on a Pi, the `opencv` extra elsewhere): say what to install."""
+    if exc.name not in ("cv2", "numpy"):
+        raise exc
+    print(
+        f"picamd: {exc.name} cannot be imported: on a Pi `sudo apt install python3-opencv python3-numpy` (tools/install.sh "
+        "does), elsewhere `pip install 'picamd[opencv]'` (make run does)",
+        file=sys.stderr,
+    )
+    return 2
+
+
 def _cmd_cameras(args: argparse.Namespace) -> int:
-    from daemon.sources.select import list_cameras
+    try:
+        from daemon.sources.select import list_cameras
+    except ImportError as exc:
+        return _without_opencv(exc)
 
     print(json.dumps(list_cameras(), indent=2, default=str))
     return 0
@@ -127,12 +151,69 @@ def _cmd_config_table(args: argparse.Namespace) -> int:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
+    """What start would check: the file exists and loads (values, paths inside the allowed roots), both servers can listen."""
+    from pathlib import Path
+
+    from daemon.net.control import listen_socket
+
+    if not Path(args.config).is_file():
+        print(f"config refused: {args.config}: no such file", file=sys.stderr)
+        return 2
     try:
-        Config.load(args.config)
+        config = Config.load(args.config)
     except ConfigError as exc:
         print(f"config refused: {exc}", file=sys.stderr)
         return 2
+    problems = []
+    listening: list[socket.socket] = []
+    try:
+        for server in ("control", "http"):
+            bind, port = config.get(f"{server}.bind"), config.get(f"{server}.port")
+            try:
+                listening.append(listen_socket(bind, port))
+            except OSError as exc:
+                problems.append(
+                    f"{server}.bind/{server}.port: {bind}:{port}: cannot listen: {exc.strerror or exc}"
+                    + (" (is picamd already running?)" if exc.errno == errno.EADDRINUSE else "")
+                )
+    finally:
+        for sock in listening:
+            sock.close()
+    if problems:
+        print("config refused: " + "; ".join(problems), file=sys.stderr)
+        return 2
     print(f"{args.config}: ok")
+    return 0
+
+
+def _cmd_hash_password(args: argparse.Namespace) -> int:
+    """Print the hash of a password for http.users: prompted twice on a terminal, else the first line of stdin."""
+    import getpass
+
+    from daemon.net.httpauth import check_users, hash_password
+
+    if sys.stdin.isatty():
+        password = getpass.getpass("password: ")
+        if getpass.getpass("again: ") != password:
+            print("picamd hash-password: the two passwords differ", file=sys.stderr)
+            return 2
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        print("picamd hash-password: the password is empty", file=sys.stderr)
+        return 2
+    line = hash_password(password)
+    if not args.user:
+        print(line)
+        return 0
+    try:
+        check_users({args.user: line})
+    except ValueError as exc:
+        print(f"picamd hash-password: {exc}", file=sys.stderr)
+        return 2
+    name = args.user if args.user.replace("_", "").replace("-", "").replace(".", "").isalnum() else json.dumps(args.user)
+    print(f"{name}: {line}")
+    print("paste it under `http:` `users:` in config.yaml (indented), then restart or `set http.users`", file=sys.stderr)
     return 0
 
 
@@ -164,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     example.add_argument("--demo", action="store_true", help="with the demo region on the synthetic scene's machine")
     check = sub.add_parser("check-config", help="validate a config file")
     check.add_argument("--config", default="config.yaml")
+    hasher = sub.add_parser("hash-password", help="hash a password for http.users (prompted, or the first line of stdin)")
+    hasher.add_argument("--user", help="print `NAME: HASH`, the line for http.users, instead of the hash alone")
 
     args = parser.parse_args(argv)
     if args.cmd == "cameras":
@@ -177,6 +260,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.cmd == "check-config":
         return _cmd_check(args)
+    if args.cmd == "hash-password":
+        return _cmd_hash_password(args)
     return _cmd_run(args)
 
 

@@ -15,13 +15,15 @@ Wire format of a reply (see `Reply.encode`): a first line `OK ...` or
 line that ends the reply. `shortstream` is the one exception: after its OK
 line come length-prefixed JPEG frames (see `net/jpegfeed.py`).
 """
+
 from __future__ import annotations
 
 import json
 import logging
 import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from daemon.core.repeat import RepeatedLog
 
@@ -37,7 +39,7 @@ class Reply:
     stream: Iterator[bytes] | None = None  # raw bytes after the first line (no terminating empty line)
 
     @classmethod
-    def error(cls, reason: str) -> "Reply":
+    def error(cls, reason: str) -> Reply:
         return cls(False, reason)
 
     def first_line(self) -> str:
@@ -63,7 +65,16 @@ class Session:
 
     peer: str = "local"
     authorized: bool = False
+    auth_failures: int = 0  # wrong tokens on this session: the entry point delays, logs and disconnects on them
     data: dict[str, Any] = field(default_factory=dict)
+    # The entry point's look at whether its client is still there (the TCP port: not closed, not half-closed, not
+    # broken); None where the question makes no sense (a test, MQTT). A long command (a stack) asks it while it
+    # works: a handler runs on its client's own thread, which reads nothing from the client meanwhile.
+    connected: Callable[[], bool] | None = field(default=None, repr=False, compare=False)
+
+    def is_connected(self) -> bool:
+        """False once the client has gone, so that work only it wanted can stop."""
+        return self.connected is None or self.connected()
 
 
 Handler = Callable[[list[str], Session], Reply]
@@ -96,7 +107,9 @@ class Registry:
         self._token = token
         self._errlog = RepeatedLog(log)
         self.register(Command("help", self._help, "List the commands, or show one", usage="[COMMAND]", max_args=1))
-        self.register(Command("token", self._auth, "Authorise this connection for commands that change state", usage="SECRET", min_args=1, max_args=1))
+        self.register(
+            Command("token", self._auth, "Authorise this connection for commands that change state", usage="SECRET", min_args=1, max_args=1)
+        )
 
     def register(self, command: Command) -> None:
         with self._lock:
@@ -105,8 +118,18 @@ class Registry:
                 raise ValueError(f"command {command.full_name} is registered twice")
             subs[command.sub.lower()] = command
 
-    def add(self, name: str, help: str, *, usage: str = "", mutating: bool = False, min_args: int = 0,
-            max_args: int | None = 0, raw_tail: bool = False, sub: str = "") -> Callable[[Handler], Handler]:
+    def add(
+        self,
+        name: str,
+        help: str,
+        *,
+        usage: str = "",
+        mutating: bool = False,
+        min_args: int = 0,
+        max_args: int | None = 0,
+        raw_tail: bool = False,
+        sub: str = "",
+    ) -> Callable[[Handler], Handler]:
         """Decorator form of `register`."""
 
         def deco(fn: Handler) -> Handler:
@@ -164,8 +187,7 @@ class Registry:
         try:
             return cmd.handler(args, session)
         except Exception as exc:  # a handler bug answers ERR, it never drops the connection or the daemon
-            self._errlog.log(logging.ERROR, f"{cmd.full_name} {type(exc).__name__}", "command %r failed: %s", line[:200], exc,
-                             exc_info=exc)
+            self._errlog.log(logging.ERROR, f"{cmd.full_name} {type(exc).__name__}", "command %r failed: %s", line[:200], exc, exc_info=exc)
             return Reply.error(f"{cmd.name} failed: {exc}")
 
     # -- built-in commands
@@ -195,4 +217,5 @@ class Registry:
         if hmac.compare_digest(args[0].encode(), token.encode()):
             session.authorized = True
             return Reply(True, "authorised")
+        session.auth_failures += 1
         return Reply.error("wrong token")

@@ -1,4 +1,5 @@
 """Runs the real daemon as a subprocess on free loopback ports and talks to it like netcat and curl do."""
+
 from __future__ import annotations
 
 import json
@@ -57,14 +58,23 @@ def reply_json(reply: str) -> Any:
 
 
 class Daemon:
-    def __init__(self, workdir: Path, overrides: dict[str, Any] | None = None, source: str = "synthetic",
-                 env: dict[str, str] | None = None, control_port: int | None = None, http_port: int | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        overrides: dict[str, Any] | None = None,
+        source: str = "synthetic",
+        env: dict[str, str] | None = None,
+        control_port: int | None = None,
+        http_port: int | None = None,
+        args: list[str] | None = None,
+    ) -> None:
         self.workdir = workdir
+        self.args = args or []  # more command-line arguments (--http-port 8081, ...)
         self.control_port = control_port or free_port()
         self.http_port = http_port or free_port()
         self.source = source
         self.env = env or {}
-        base = {
+        base: dict[str, Any] = {
             "camera": {"width": 640, "height": 480, "framerate": 15.0, "stall_timeout_s": 2.0, "reopen_backoff_max_s": 1.0},
             "ring": {"size": 60, "downscale": "160x120"},
             "control": {"bind": "127.0.0.1", "port": self.control_port},
@@ -74,7 +84,7 @@ class Daemon:
             "logging": {"level": "DEBUG"},
         }
         for dotted, value in (overrides or {}).items():
-            node = base
+            node: dict[str, Any] = base
             *parents, leaf = dotted.split(".")
             for p in parents:
                 node = node.setdefault(p, {})
@@ -84,18 +94,22 @@ class Daemon:
         self.proc: subprocess.Popen | None = None
         self.log_path = workdir / "daemon.log"
 
-    def start(self, wait: bool = True) -> "Daemon":
+    def start(self, wait: bool = True) -> Daemon:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "daemon", "--config", str(self.config_path), "--source", self.source],
-            cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+            [sys.executable, "-m", "daemon", "--config", str(self.config_path), "--source", self.source, *self.args],
+            cwd=ROOT,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
         )
         if wait:
             self.wait_ready()
         return self
 
     def wait_ready(self, timeout: float = 30.0) -> None:
+        assert self.proc is not None, "start() first"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -5,6 +5,7 @@ JpegFeed and an HttpServer, from a real `Config`) and feeds it with a
 stand-in for the capture loop that commits a frame about every 50 ms. A test
 chooses the frame size, what each frame shows and the metadata it carries.
 """
+
 from __future__ import annotations
 
 import http.client
@@ -52,8 +53,15 @@ class HttpRig:
         self.feed_status = ComponentStatus("encoder")
         self.status = ComponentStatus("mjpeg")
         self.feed = JpegFeed(self.config.section("mjpeg"), self.ring, self.latest, self.feed_status)
-        self.server = HttpServer(self.config.section("http"), self.config.section("mjpeg"), lambda: self.allow, self.feed,
-                                 health or self.health, self.status, send_timeout_s=send_timeout_s)
+        self.server = HttpServer(
+            self.config.section("http"),
+            self.config.section("mjpeg"),
+            lambda: self.allow,
+            self.feed,
+            health or self.health,
+            self.status,
+            send_timeout_s=send_timeout_s,
+        )
         self._frame = frame or self.moving_square
         self._meta = meta
         self.metas: dict[int, FrameMeta] = {}
@@ -70,8 +78,14 @@ class HttpRig:
 
     def health(self) -> dict:
         """What the page and the tools read from /health, with the real figures of the feed and the server."""
-        return {"status": "ok", "degraded": [], "camera": {"state": "ok", "frame_size": list(self.frame_size)},
-                "ring": {"frame_size": list(self.ring_size)}, "encoder": self.feed.health(), "mjpeg": self.server.health()}
+        return {
+            "status": "ok",
+            "degraded": [],
+            "camera": {"state": "ok", "frame_size": list(self.frame_size)},
+            "ring": {"frame_size": list(self.ring_size)},
+            "encoder": self.feed.health(),
+            "mjpeg": self.server.health(),
+        }
 
     def moving_square(self, fid: int) -> np.ndarray:
         """A white square moving across the texture."""
@@ -79,7 +93,7 @@ class HttpRig:
         side = height // 6
         frame = self.background.copy()
         x = (fid * 12) % (width - side)
-        frame[height * 5 // 12:height * 5 // 12 + side, x:x + side] = 255
+        frame[height * 5 // 12 : height * 5 // 12 + side, x : x + side] = 255
         return frame
 
     def commit(self, frame: np.ndarray, fid: int) -> FrameMeta:

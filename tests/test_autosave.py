@@ -1,4 +1,5 @@
-"""Auto-save: wall-clock alignment, day and night kinds, live interval, missed slots, errors, the thread."""
+"""Auto-save: wall-clock alignment, day and night kinds, live interval, missed slots, clock steps, errors, the thread."""
+
 from __future__ import annotations
 
 import json
@@ -10,12 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from daemon.storage.autosave import AutoSaver, slot_at_or_after, slot_at_or_before
-from daemon.core.bus import EventBus
-from daemon.config import Config
-from daemon.storage.export import Exporter
 from daemon.capture.ring import FrameMeta, LatestSlot, Ring
+from daemon.config import Config
+from daemon.core.bus import EventBus
 from daemon.core.status import ComponentStatus
+from daemon.storage.autosave import AutoSaver, slot_at_or_after, slot_at_or_before, steady_clock
+from daemon.storage.export import Exporter
 
 
 def local(y, mo, d, h, mi, s=0.0) -> float:
@@ -23,29 +24,44 @@ def local(y, mo, d, h, mi, s=0.0) -> float:
 
 
 class Clock:
+    """The wall clock a test sets, and a steady clock that moves with it (time passing) except across step()."""
+
     def __init__(self, t: float) -> None:
         self.t = t
+        self._stepped = 0.0
 
     def __call__(self) -> float:
         return self.t
 
+    def steady(self) -> float:
+        return self.t - self._stepped
+
+    def step(self, by: float) -> None:
+        """The wall clock is set (network time arriving, a person): it moves, the steady clock does not."""
+        self.t += by
+        self._stepped += by
+
 
 class Rig:
     def __init__(self, tmp_path: Path, clock=time.time, night: bool = False, **values) -> None:
-        settings = {"export.base_dir": str(tmp_path / "captures"), "export.min_free_mb": 0,
-                    "export.auto_save_interval_s": 3600}
+        settings = {"export.base_dir": str(tmp_path / "captures"), "export.min_free_mb": 0, "export.auto_save_interval_s": 3600}
         settings.update({f"export.{k}": v for k, v in values.items()})
         self.config = Config(settings)
         self.latest = LatestSlot()
         self.bus = EventBus()
         self.night = night
         self.base = tmp_path / "captures"
-        self.exporter = Exporter(self.config.section("export"), Ring(4, 30, 40), self.latest, self.bus,
-                                 ComponentStatus("export"))
+        self.exporter = Exporter(self.config.section("export"), Ring(4, 30, 40), self.latest, self.bus, ComponentStatus("export"))
         self.exporter.start()
         self.status = ComponentStatus("autosave")
-        self.saver = AutoSaver(self.config.section("export"), self.exporter, lambda: self.night, self.status,
-                               clock=clock)
+        self.saver = AutoSaver(
+            self.config.section("export"),
+            self.exporter,
+            lambda: self.night,
+            self.status,
+            clock=clock,
+            steady=clock.steady if isinstance(clock, Clock) else steady_clock,
+        )
         self.next_id = 1
 
     def frame(self, ts: float) -> None:
@@ -54,7 +70,7 @@ class Rig:
         self.next_id += 1
 
     def files(self) -> list[Path]:
-        return sorted(p for p in self.base.rglob("*") if p.is_file() and p.suffix != ".json")
+        return sorted(p for p in self.base.rglob("*") if p.is_file() and p.suffix != ".json" and p.name != ".picamd.lock")
 
 
 def test_slot_boundaries_follow_the_local_clock():
@@ -194,10 +210,79 @@ def test_clock_going_back_reschedules(tmp_path, caplog):
     clock = Clock(local(2024, 6, 1, 12, 30))
     rig = Rig(tmp_path, clock)
     rig.saver.tick()
-    clock.t = local(2024, 6, 1, 9, 10)  # NTP stepped the clock back
+    clock.step(local(2024, 6, 1, 9, 10) - clock.t)  # NTP stepped the clock back
     rig.saver.tick()
     assert rig.saver.next_due() == local(2024, 6, 1, 10, 0)
-    assert "clock went back" in caplog.text
+    assert "the wall clock stepped back by 03:20:00" in caplog.text
+    assert rig.saver.health()["clock_steps"] == 1 and rig.saver.health()["skipped"] == 0
+
+
+def test_no_clock_at_boot_then_network_time_realigns_without_back_filling(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="picamd.autosave")
+    clock = Clock(86400.0 * 3 + 600)  # a Pi without a real-time clock boots in January 1970
+    rig = Rig(tmp_path, clock)
+    rig.frame(clock.t)
+    rig.saver.tick()
+    assert rig.saver.next_due() == slot_at_or_after(clock.t, 3600)
+    clock.t += 30
+    clock.step(local(2024, 6, 1, 12, 20) - clock.t)  # network time arrives: 54 years forward
+    rig.frame(clock.t)
+    for _ in range(3):  # the step is logged once, not on every look
+        rig.saver.tick()
+        clock.t += 1
+    health = rig.saver.health()
+    assert rig.files() == [] and rig.saver.next_due() == local(2024, 6, 1, 13, 0)
+    assert health["skipped"] == 0 and health["clock_steps"] == 1 and health["last_clock_step"]["by_s"] > 54 * 365 * 86400
+    assert caplog.text.count("the wall clock stepped forward") == 1
+    assert caplog.text.count("re-aligned to the new time: next at 2024-06-01 13:00:00") == 1
+    clock.t = local(2024, 6, 1, 13, 0, 0.5)  # then time passes as usual
+    rig.frame(clock.t)
+    rig.saver.tick()
+    assert [p.name[9:15] for p in rig.files()] == ["130000"] and rig.saver.health()["saved"] == 1
+
+
+def test_a_step_forward_onto_a_slot_saves_it_with_a_frame_of_now(tmp_path):
+    clock = Clock(local(2024, 6, 1, 8, 0, 30))
+    rig = Rig(tmp_path, clock)
+    rig.saver.tick()  # next at 09:00
+    clock.step(local(2024, 6, 1, 13, 0, 20) - clock.t)  # corrected to 20 s after 13:00: a fresh frame is that slot's image
+    rig.frame(clock.t)
+    rig.saver.tick()
+    assert [p.name[9:15] for p in rig.files()] == ["130020"]
+    assert rig.saver.health()["skipped"] == 0 and rig.saver.next_due() == local(2024, 6, 1, 14, 0)
+
+
+def test_a_step_back_over_the_slot_just_saved_does_not_save_it_again(tmp_path):
+    clock = Clock(local(2024, 6, 1, 12, 59, 50))
+    rig = Rig(tmp_path, clock)
+    rig.saver.tick()
+    clock.t = local(2024, 6, 1, 13, 0, 0.2)
+    rig.frame(clock.t)
+    rig.saver.tick()
+    assert len(rig.files()) == 1
+    clock.t += 30
+    clock.step(-40.0)  # 12:59:50.2 again
+    rig.saver.tick()
+    assert rig.saver.next_due() == local(2024, 6, 1, 14, 0)
+    clock.t = local(2024, 6, 1, 13, 0, 5)  # 13:00 comes round a second time: already saved
+    rig.frame(clock.t)
+    rig.saver.tick()
+    assert len(rig.files()) == 1 and rig.saver.health()["saved"] == 1
+    clock.t = local(2024, 6, 1, 14, 0, 0.1)
+    rig.frame(clock.t)
+    rig.saver.tick()
+    assert len(rig.files()) == 2 and rig.saver.health()["clock_steps"] == 1
+
+
+def test_small_corrections_are_not_steps(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="picamd.autosave")
+    clock = Clock(local(2024, 6, 1, 12, 59, 58))
+    rig = Rig(tmp_path, clock)
+    rig.saver.tick()
+    clock.step(3.0)  # a few seconds: the slot at 13:00 is kept and saved
+    rig.frame(clock.t)
+    rig.saver.tick()
+    assert len(rig.files()) == 1 and rig.saver.health()["clock_steps"] == 0 and "stepped" not in caplog.text
 
 
 def test_zero_turns_auto_save_off_and_back_on(tmp_path):
@@ -270,7 +355,7 @@ def test_the_thread_saves_on_the_real_clock_and_stops(tmp_path):
     assert all(p.name.endswith("_auto.jpg") for p in rig.files()) and rig.files()
 
 
-def test_stop_abandons_a_night_stack_waiting_for_frames(tmp_path):
+def test_stop_abandons_a_night_stack_waiting_for_frames(tmp_path, monkeypatch):
     rig = Rig(tmp_path, night=True, auto_save_interval_s=1)
     rig.frame(time.time())
     started = threading.Event()
@@ -280,7 +365,7 @@ def test_stop_abandons_a_night_stack_waiting_for_frames(tmp_path):
         started.set()
         return real_stack_next(*args, **kwargs)
 
-    rig.exporter.stack_next = watched_stack_next
+    monkeypatch.setattr(rig.exporter, "stack_next", watched_stack_next)
     rig.saver.start()
     assert started.wait(20)  # the slot came and the stack waits for frames that never arrive
     rig.saver.stop()

@@ -1,7 +1,9 @@
 """The command registry: subcommands with their own arguments, help and token rule, through the real command port too."""
+
 from __future__ import annotations
 
 import pytest
+from daemon_proc import replies, send
 
 from daemon.commands import Command, Registry, Reply, Session
 from daemon.config import Config
@@ -9,7 +11,6 @@ from daemon.core.bus import EventBus
 from daemon.core.status import ComponentStatus
 from daemon.image.night import NightController
 from daemon.net.control import ControlServer
-from daemon_proc import replies, send
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -22,6 +23,7 @@ def registry_with_subcommands(token: str = "") -> tuple[Registry, list[str]]:
         def handler(args: list[str], session: Session) -> Reply:
             calls.append(" ".join([what, *args]))
             return Reply(True, what)
+
         return handler
 
     reg.register(Command("sweep", record("start"), "Start a sweep", usage="[N,M,...]", mutating=True, max_args=1))

@@ -1,4 +1,5 @@
 """The one schema: loading, validation, set, dump, save, and the README table."""
+
 from __future__ import annotations
 
 import logging
@@ -35,24 +36,27 @@ def test_commented_yaml_round_trips():
     assert tree == dumped
 
 
-@pytest.mark.parametrize("key,value,reason", [
-    ("night.dark_threshold", "dark", "must be a number"),
-    ("night.dark_threshold", "300", "must be <= 255"),
-    ("camera.framerate", "0", "must be >= 0.05"),
-    ("camera.width", "12.5", "must be a whole number"),
-    ("night.mode", "turbo", "must be one of still, slow_video"),
-    ("night.enabled", "maybe", "must be true or false"),
-    ("export.formats", "gif", "format 'gif' is not one of"),
-    ("control.allow", "192.168.1.0/33", "is not a network"),
-    ("ring.downscale", "axb", "WIDTHxHEIGHT"),
-    ("camera.framerate", "nan", "finite"),
-    ("notify.webhook.headers", "[1, 2]", "must be a mapping"),
-    ("camera.name", "front door", "letters (a-z, A-Z), digits, - or _"),
-    ("camera.name", "site/cam", "MQTT topic level"),
-    ("camera.name", "cam+", "MQTT topic level"),
-    ("camera.name", "", "1 to 64"),
-    ("camera.name", "c" * 65, "1 to 64"),
-])
+@pytest.mark.parametrize(
+    "key,value,reason",
+    [
+        ("night.dark_threshold", "dark", "must be a number"),
+        ("night.dark_threshold", "300", "must be <= 255"),
+        ("camera.framerate", "0", "must be >= 0.05"),
+        ("camera.width", "12.5", "must be a whole number"),
+        ("night.mode", "turbo", "must be one of still, slow_video"),
+        ("night.enabled", "maybe", "must be true or false"),
+        ("export.formats", "gif", "format 'gif' is not one of"),
+        ("control.allow", "192.168.1.0/33", "is not a network"),
+        ("ring.downscale", "axb", "WIDTHxHEIGHT"),
+        ("camera.framerate", "nan", "finite"),
+        ("detect.zone", "[1, 2]", "must be [] or [x, y, w, h]"),
+        ("camera.name", "front door", "letters (a-z, A-Z), digits, - or _"),
+        ("camera.name", "site/cam", "MQTT topic level"),
+        ("camera.name", "cam+", "MQTT topic level"),
+        ("camera.name", "", "1 to 64"),
+        ("camera.name", "c" * 65, "1 to 64"),
+    ],
+)
 def test_set_refuses_bad_values_naming_key_value_reason_and_changes_nothing(key, value, reason):
     cfg = Config.load(None)
     before = cfg.dump(redact=False)
@@ -61,6 +65,19 @@ def test_set_refuses_bad_values_naming_key_value_reason_and_changes_nothing(key,
     msg = str(err.value)
     assert msg.startswith(f"{key}: {value}: ") and reason in msg, msg
     assert cfg.dump(redact=False) == before
+
+
+def test_a_refused_secret_is_not_shown_in_the_error():
+    cfg = Config.load(None)
+    for key, value, reason in [
+        ("notify.webhook.headers", "[1, 2]", "must be a mapping"),
+        ("control.token", ["x"], "must be text"),
+        ("notify.webhook.url", "ftp://user:pw@host/key/K", "must be an http:// or https:// URL"),
+    ]:
+        with pytest.raises(ConfigError) as err:
+            cfg.set(key, value)
+        shown = "ftp://user:***@host/***" if key == "notify.webhook.url" else "***"
+        assert str(err.value).startswith(f"{key}: {shown}: {reason}"), str(err.value)
 
 
 def test_unknown_key_and_cross_check():
@@ -108,9 +125,10 @@ def test_secrets_hidden_in_dump_but_saved(tmp_path):
     cfg = Config(path=tmp_path / "config.yaml")
     cfg.set("control.token", "s3cret")
     assert cfg.dump()["control"]["token"] == "***"
-    (tmp_path / "config.yaml").write_text("old: 1\n")
+    (tmp_path / "config.yaml").write_text("night:\n  gain: 4.0\n")
     cfg.save()
-    assert (tmp_path / "config.yaml.bak").read_text() == "old: 1\n"
+    assert (tmp_path / "config.yaml.bak").read_text() == "night:\n  gain: 4.0\n"
+    assert Config.load(tmp_path / "config.yaml").get("night.gain") == 4.0  # what the file had stays
     assert Config.load(tmp_path / "config.yaml").get("control.token") == "s3cret"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
@@ -154,7 +172,7 @@ def test_old_http_keys_in_a_file_still_load_with_one_line_saying_what_to_rename(
     cfg.save()  # overwrite_config writes the new names
     saved = yaml.safe_load(path.read_text())
     assert saved["http"] == {"bind": "127.0.0.1", "port": 8081, "max_clients": 4}
-    assert set(saved["mjpeg"]) == {"quality", "max_fps", "resolution"}
+    assert saved["mjpeg"] == {"quality": 70}  # only what the file had
 
     caplog.clear()
     path.write_text("mjpeg:\n  port: 8082\n")

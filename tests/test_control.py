@@ -1,4 +1,5 @@
 """The TCP command port, driven through real sockets, the real `nc` and tools/shortstream.py."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -16,12 +17,13 @@ from types import SimpleNamespace
 import cv2
 import numpy as np
 import pytest
+from daemon_proc import wait_for
+from images import decode_jpeg, read_image
 
 from daemon.commands import Command, Registry, Reply
 from daemon.config import Config
-from daemon.net.control import ControlServer
 from daemon.core.status import ComponentStatus
-from daemon_proc import wait_for
+from daemon.net.control import ControlServer
 
 ROOT = Path(__file__).resolve().parents[1]
 SHORTSTREAM = ROOT / "tools" / "shortstream.py"
@@ -33,10 +35,11 @@ CUT_SHORT = 77  # `shortstream 77` fails after its first frame
 
 # -- the registry the server is tested with --------------------------------------------------------
 
+
 def _jpeg(i: int) -> bytes:
     frame = np.zeros((48, 64, 3), dtype=np.uint8)
     frame[:, :, 1] = (i * 40) % 256
-    frame[10:20, 5 + 5 * i: 15 + 5 * i] = 255
+    frame[10:20, 5 + 5 * i : 15 + 5 * i] = 255
     ok, buf = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 90])
     assert ok
     return buf.tobytes()
@@ -49,9 +52,13 @@ def _framed(data: bytes) -> bytes:
 def build_registry(config: Config, state: dict) -> Registry:
     reg = Registry(token=lambda: config.get("control.token"))
     reg.register(Command("ping", lambda args, s: Reply(True, "pong"), "Answer pong"))
-    reg.register(Command(
-        "info", lambda args, s: Reply(True, "info", body={"peer": s.peer, "counter": state["counter"], "authorized": s.authorized}),
-        "A JSON body"))
+    reg.register(
+        Command(
+            "info",
+            lambda args, s: Reply(True, "info", body={"peer": s.peer, "counter": state["counter"], "authorized": s.authorized}),
+            "A JSON body",
+        )
+    )
 
     def add(args, session):
         try:
@@ -62,8 +69,16 @@ def build_registry(config: Config, state: dict) -> Registry:
         return Reply(True, f"counter {state['counter']}")
 
     reg.register(Command("add", add, "Add N to the counter", usage="N", mutating=True, min_args=1, max_args=1))
-    reg.register(Command("echo", lambda args, s: Reply(True, "echo", body={"text": args[0] if args else ""}),
-                         "Echo the rest of the line", usage="TEXT", max_args=1, raw_tail=True))
+    reg.register(
+        Command(
+            "echo",
+            lambda args, s: Reply(True, "echo", body={"text": args[0] if args else ""}),
+            "Echo the rest of the line",
+            usage="TEXT",
+            max_args=1,
+            raw_tail=True,
+        )
+    )
 
     def boom(args, session):
         raise RuntimeError("deliberate failure")
@@ -76,8 +91,16 @@ def build_registry(config: Config, state: dict) -> Registry:
         return Reply(True, "cyclic", body=body)
 
     reg.register(Command("cyclic", cyclic, "A reply that cannot be encoded"))
-    reg.register(Command("blob", lambda args, s: Reply(True, "blob", text=("x" * 1023 + "\n") * int(args[0])),
-                         "KB kilobytes of text", usage="KB", min_args=1, max_args=1))
+    reg.register(
+        Command(
+            "blob",
+            lambda args, s: Reply(True, "blob", text=("x" * 1023 + "\n") * int(args[0])),
+            "KB kilobytes of text",
+            usage="KB",
+            min_args=1,
+            max_args=1,
+        )
+    )
 
     def shortstream(args, session):
         try:
@@ -137,6 +160,7 @@ def app():
 
 # -- a client ---------------------------------------------------------------------------------------
 
+
 class Conn:
     def __init__(self, port: int, timeout: float = 10.0, rcvbuf: int | None = None) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -186,9 +210,8 @@ def body_json(reply: list[str]) -> dict:
     return json.loads("\n".join(reply[1:]))
 
 
-
 def read_frames(conn: Conn) -> list[bytes]:
-    frames = []
+    frames: list[bytes] = []
     while True:
         (n,) = struct.unpack(">I", conn.exact(4))
         if n == 0:
@@ -197,6 +220,7 @@ def read_frames(conn: Conn) -> list[bytes]:
 
 
 # -- line protocol ----------------------------------------------------------------------------------
+
 
 def test_pipelined_commands_are_answered_in_order(app):
     c = Conn(app.port)
@@ -248,6 +272,7 @@ def test_real_nc_one_shot_with_and_without_final_newline(app):
 def test_real_nc_interactive_session(app):
     nc = _openbsd_nc()
     proc = subprocess.Popen([nc, "127.0.0.1", str(app.port)], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert proc.stdin is not None and proc.stdout is not None
     try:
         proc.stdin.write(b"ping\n")
         proc.stdin.flush()
@@ -312,6 +337,7 @@ def test_silent_and_non_reading_clients_do_not_block_others(app):
 
 
 # -- bad input --------------------------------------------------------------------------------------
+
 
 def test_over_long_lines_are_refused_and_the_connection_stays_usable(app):
     app.config.set("control.max_line_bytes", 64)
@@ -392,6 +418,7 @@ def test_wrong_arguments_change_nothing(app):
 
 # -- token and allow-list ---------------------------------------------------------------------------
 
+
 def test_token_authorises_one_connection_for_mutating_commands(app):
     app.config.set("control.token", "s3cret")
     c = Conn(app.port)
@@ -430,20 +457,43 @@ def test_allow_list_applies_live(app):
 
 def test_max_clients_cap_applies_live(app):
     app.config.set("control.max_clients", 2)
+    app.config.set("control.grace_s", 60)  # two new silent connections, both within their grace: no room to make
     a, b = Conn(app.port), Conn(app.port)
-    assert a.command("ping") == ["OK pong"] and b.command("ping") == ["OK pong"]
+    assert wait_for(lambda: app.server.health()["clients"] == 2)
     c = Conn(app.port)
     c.send("ping\n")
     assert c.line() == "ERR too many connections"
     assert c.at_eof()
     c.close()
-    assert app.server.health()["refused_too_many"] == 1
+    assert app.server.health()["refused_too_many"] == 1 and app.server.health()["dropped_for_newcomer"] == 0
     a.close()
     assert wait_for(lambda: app.server.health()["clients"] == 1)
     d = Conn(app.port)
     assert d.command("ping") == ["OK pong"]
     b.close()
     d.close()
+
+
+def test_a_full_port_drops_the_connection_idle_longest_for_a_newcomer(app):
+    app.config.set("control.max_clients", 3)
+    app.config.set("control.grace_s", 0.3)
+    app.config.set("control.script_linger_s", 0)  # these send at once, like scripts: keep them anyway
+    a, b, silent = Conn(app.port), Conn(app.port), Conn(app.port)
+    assert a.command("ping") == ["OK pong"]
+    assert b.command("ping") == ["OK pong"]
+    a.send("\n\n  \n")  # blank lines after b's command: no activity, so a stays the one idle longest
+    time.sleep(0.4)  # past the grace of the silent one
+    first = Conn(app.port)
+    assert first.command("ping") == ["OK pong"]
+    assert silent.line().startswith("ERR dropped: the command port is full") and silent.at_eof()  # never sent a command: first
+    second = Conn(app.port)
+    assert second.command("ping") == ["OK pong"]
+    assert a.line().startswith("ERR dropped: the command port is full") and a.at_eof()
+    assert b.command("ping") == ["OK pong"]
+    health = app.server.health()
+    assert health["dropped_for_newcomer"] == 2 and health["refused_too_many"] == 0 and health["clients"] == 3
+    for c in (a, b, silent, first, second):
+        c.close()
 
 
 def test_idle_connections_are_closed(app):
@@ -466,7 +516,7 @@ def test_a_client_trickling_bytes_without_a_newline_is_closed_as_idle(app):
         try:
             c.sock.sendall(b"p")
             closed = c.sock.recv(100) == b""
-        except socket.timeout:
+        except TimeoutError:
             continue
         except OSError:  # reset: the server closed while we were still sending
             closed = True
@@ -477,6 +527,7 @@ def test_a_client_trickling_bytes_without_a_newline_is_closed_as_idle(app):
 
 # -- streams ----------------------------------------------------------------------------------------
 
+
 def test_stream_reply_then_the_next_command(app):
     c = Conn(app.port)
     c.send("shortstream 3\n")
@@ -484,7 +535,7 @@ def test_stream_reply_then_the_next_command(app):
     frames = read_frames(c)
     assert len(frames) == 3
     for i, data in enumerate(frames):
-        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        img = decode_jpeg(data)
         assert img.shape == (48, 64, 3)
         assert abs(int(img[30, 60, 1]) - (i * 40) % 256) < 8
     assert c.command("ping") == ["OK pong"]
@@ -520,16 +571,18 @@ def test_a_stream_is_closed_when_its_client_leaves(app):
 
 # -- lifecycle --------------------------------------------------------------------------------------
 
+
 def test_threads_are_named_and_stop_closes_clients():
     config = Config({"control.bind": "127.0.0.1", "control.port": 0})
     server = ControlServer(config.section("control"), build_registry(config, {"counter": 0}), ComponentStatus("control"))
     server.start()
     port = server.port
+    assert port is not None
     c = Conn(port)
     assert c.command("ping") == ["OK pong"]
     names = {t.name for t in threading.enumerate()}
     assert "picamd-control" in names
-    assert any(n.startswith("picamd-control-") and n[len("picamd-control-"):].isdigit() for n in names)
+    assert any(n.startswith("picamd-control-") and n[len("picamd-control-") :].isdigit() for n in names)
     server.stop()
     assert c.file.read() == b""
     c.close()
@@ -539,26 +592,21 @@ def test_threads_are_named_and_stop_closes_clients():
         socket.create_connection(("127.0.0.1", port), timeout=5).close()
 
 
-def test_port_in_use_degrades_then_recovers_when_it_frees(app):
+def test_a_port_in_use_fails_start_with_the_reason(app):
+    # The daemon exits non-zero on it (systemd restarts it and the journal says why) instead of running on, unreachable.
     config = Config({"control.bind": "127.0.0.1", "control.port": app.port})
-    status = ComponentStatus("control2")
-    second = ControlServer(config.section("control"), build_registry(config, {"counter": 0}), status)
-    second.start()
-    try:
-        assert second.port is None
-        assert not status.ok and "cannot listen on 127.0.0.1" in status.state
-        port = app.port
-        app.server.stop()
-        assert wait_for(lambda: second.port == port, timeout=30)
-        assert status.ok
-        c = Conn(port)
-        assert c.command("ping") == ["OK pong"]
-        c.close()
-    finally:
-        second.stop()
+    second = ControlServer(config.section("control"), build_registry(config, {"counter": 0}), ComponentStatus("control2"))
+    with pytest.raises(OSError, match=f"^command port cannot listen on 127.0.0.1:{app.port}: Address already in use$"):
+        second.start()
+    assert second.port is None and not second.health()["listening"]
+    second.stop()  # nothing to stop, and no error
+    c = Conn(app.port)  # the first server is untouched
+    assert c.command("ping") == ["OK pong"]
+    c.close()
 
 
 # -- tools/shortstream.py ---------------------------------------------------------------------------
+
 
 def _run_tool(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(SHORTSTREAM), *args], capture_output=True, text=True, timeout=60)
@@ -573,7 +621,7 @@ def test_shortstream_tool_saves_decodable_jpegs(app, tmp_path):
     names = sorted(p.name for p in out.iterdir())
     assert names == ["frame_0001.jpg", "frame_0002.jpg", "frame_0003.jpg", "frame_0004.jpg"]  # no temp files left
     for i, name in enumerate(names):
-        img = cv2.imread(str(out / name))
+        img = read_image(out / name)
         assert img is not None and img.shape == (48, 64, 3)
         assert abs(int(img[30, 60, 1]) - (i * 40) % 256) < 8
 
@@ -637,12 +685,18 @@ def _fake_stream_server(payload: bytes):
     return listener.getsockname()[1], thread
 
 
-@pytest.mark.parametrize("payload, message", [
-    (b"OK streaming\n" + _framed(b"definitely not a jpeg"), "frame 1 is not a JPEG"),
-    (b"OK streaming\n" + struct.pack(">I", 0xFFFFFFF0), "frame 1 claims 4294967280 bytes: the stream is out of step"),
-    (b"OK streaming\n" + struct.pack(">I", 1000) + b"\xff\xd8" + b"x" * 10, "the connection ended in the middle of frame 1 (12 of 1000 bytes)"),
-    (b"", "the server sent nothing for 1 s (after 0 frames)"),
-])
+@pytest.mark.parametrize(
+    "payload, message",
+    [
+        (b"OK streaming\n" + _framed(b"definitely not a jpeg"), "frame 1 is not a JPEG"),
+        (b"OK streaming\n" + struct.pack(">I", 0xFFFFFFF0), "frame 1 claims 4294967280 bytes: the stream is out of step"),
+        (
+            b"OK streaming\n" + struct.pack(">I", 1000) + b"\xff\xd8" + b"x" * 10,
+            "the connection ended in the middle of frame 1 (12 of 1000 bytes)",
+        ),
+        (b"", "the server sent nothing for 1 s (after 0 frames)"),
+    ],
+)
 def test_shortstream_tool_refuses_a_broken_stream(tmp_path, payload, message):
     port, thread = _fake_stream_server(payload)
     done = _run_tool(f"127.0.0.1:{port}", "2", "--out", str(tmp_path / "out"), "--timeout", "1")
@@ -655,6 +709,7 @@ def test_shortstream_tool_refuses_a_broken_stream(tmp_path, payload, message):
 
 def test_shortstream_tool_address_forms():
     spec = importlib.util.spec_from_file_location("shortstream_tool", SHORTSTREAM)
+    assert spec is not None and spec.loader is not None
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
     assert tool.parse_address("raspberrypi") == ("raspberrypi", 9999)
@@ -672,8 +727,7 @@ def test_real_nc_without_half_close_returns_once_a_script_is_answered(app):
     nc = _openbsd_nc()
     app.config.set("control.idle_timeout_s", 120)
     t0 = time.monotonic()
-    out = subprocess.run(f"printf 'ping\\nadd 2\\n' | {nc} 127.0.0.1 {app.port}", shell=True,
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(f"printf 'ping\\nadd 2\\n' | {nc} 127.0.0.1 {app.port}", shell=True, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout == "OK pong\n\nOK counter 2\n\n"
     assert time.monotonic() - t0 < 60  # closed by the linger, not by the 120 s idle timeout

@@ -1,4 +1,5 @@
 """The shared primitives: the `Latest` hand-off, the `Worker` thread and `RepeatedLog`."""
+
 from __future__ import annotations
 
 import logging
@@ -6,17 +7,18 @@ import threading
 import time
 
 import pytest
+from daemon_proc import wait_for
 
 from daemon.core.latest import HandoffFailed, Latest
 from daemon.core.repeat import RepeatedLog
 from daemon.core.status import ComponentStatus
 from daemon.core.worker import Worker
-from daemon_proc import wait_for
 
 pytestmark = pytest.mark.timeout(30)
 
 
 # -- Latest
+
 
 def test_latest_hands_over_the_newest_value_and_skips_the_rest():
     slot: Latest[str] = Latest()
@@ -62,6 +64,7 @@ def test_latest_fail_wakes_readers_with_the_reason_and_loses_no_value():
 
 # -- Worker
 
+
 def test_worker_names_its_thread_steps_until_stopped_and_stops_promptly():
     seen = []
     worker = Worker("probe", lambda: seen.append(threading.current_thread().name), interval_s=0.01)
@@ -87,14 +90,18 @@ def test_worker_counts_a_failing_step_logs_it_once_and_keeps_going(caplog):
         assert wait_for(lambda: len(calls) >= 20, 5.0)
         worker.stop()
     assert worker.errors == len(calls) and status.errors == len(calls)
-    assert "disk on fire" in status.last_error
+    assert status.last_error is not None and "disk on fire" in status.last_error
     lines = [r for r in caplog.records if "disk on fire" in r.getMessage()]
     assert len(lines) == 1, "a repeated error is one log line, then a count"
 
 
 def test_worker_stop_wakes_a_blocked_step_through_on_stop():
     wake = threading.Event()
-    worker = Worker("sleeper", lambda: wake.wait(60), on_stop=wake.set)
+
+    def sleep() -> None:
+        wake.wait(60)
+
+    worker = Worker("sleeper", sleep, on_stop=wake.set)
     worker.start()
     time.sleep(0.05)
     started = time.monotonic()
@@ -104,7 +111,11 @@ def test_worker_stop_wakes_a_blocked_step_through_on_stop():
 
 def test_worker_stop_is_bounded_when_a_step_hangs():
     release = threading.Event()
-    worker = Worker("stuck", lambda: release.wait(30), join_timeout_s=0.2, interval_s=0.01)
+
+    def hang() -> None:
+        release.wait(30)
+
+    worker = Worker("stuck", hang, join_timeout_s=0.2, interval_s=0.01)
     worker.start()
     time.sleep(0.05)
     started = time.monotonic()
@@ -127,6 +138,7 @@ def test_worker_with_repeat_off_runs_its_body_once():
 
 
 # -- RepeatedLog
+
 
 def test_repeated_log_logs_the_first_then_counts(caplog):
     log = logging.getLogger("picamd.test.repeat")

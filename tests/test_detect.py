@@ -12,6 +12,7 @@ The YOLO files are AGPL-3.0 test data and live only in ../shared/models; the
 SSD is the package's own built-in model. One interpreter per model and
 kernel path serves every test of the module.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -42,8 +43,11 @@ EXPECTED: dict[str, dict[str, dict[str, list[tuple[str, float, tuple[float, floa
     YOLO640: {
         "xnnpack": {
             "astronaut": [("person", 0.8477, (5.0, 15.0, 363.0, 512.0))],
-            "coffee": [("cup", 0.8477, (169.9, 19.0, 420.7, 321.3)), ("dining table", 0.7031, (0.0, 0.2, 576.6, 396.3)),
-                       ("bowl", 0.2969, (73.8, 1.4, 521.5, 390.5))],
+            "coffee": [
+                ("cup", 0.8477, (169.9, 19.0, 420.7, 321.3)),
+                ("dining table", 0.7031, (0.0, 0.2, 576.6, 396.3)),
+                ("bowl", 0.2969, (73.8, 1.4, 521.5, 390.5)),
+            ],
         },
         "builtin": {  # MODELS.md gives the coffee scores of this path without boxes
             "astronaut": [("person", 0.8164, (2.0, 22.0, 362.0, 512.0))],
@@ -122,8 +126,9 @@ def get_detector(cache: dict[tuple[str, str], Detector], model: str, kernels: st
     key = (model, kernels)
     if key not in cache:
         path, labels = model_paths(model)
-        cache[key] = create_detector("tflite", DetectorOptions(
-            model=path, labels=labels, classes=(), score_threshold=THRESHOLD[model], kernels=kernels, threads=2))
+        cache[key] = create_detector(
+            "tflite", DetectorOptions(model=path, labels=labels, classes=(), score_threshold=THRESHOLD[model], kernels=kernels, threads=2)
+        )
     return cache[key]
 
 
@@ -205,8 +210,9 @@ def test_zone_is_cropped_before_the_model_and_boxes_come_back_in_frame_pixels(ph
         assert np.allclose(g.box, (e.x1 + 300, e.y1 + 100, e.x2 + 300, e.y2 + 100), atol=1e-3)
         # The same zone in fractions of the frame.
         w, h = frame.shape[1], frame.shape[0]
-        frac = create_detector("tflite", DetectorOptions(model=path, labels=labels, score_threshold=0.25, threads=1,
-                                                         zone=(300 / w, 100 / h, 512 / w, 512 / h)))
+        frac = create_detector(
+            "tflite", DetectorOptions(model=path, labels=labels, score_threshold=0.25, threads=1, zone=(300 / w, 100 / h, 512 / w, 512 / h))
+        )
         try:
             assert frac.detect(frame).detections == got.detections
         finally:
@@ -260,8 +266,12 @@ def test_result_json_is_compact_and_rounded(detectors, photos):
     result: DetectResult = get_detector(detectors, YOLO320, "default").detect(photos["astronaut"])
     data = json.loads(json.dumps(result.to_dict()))
     det = data["detections"][0]
-    assert det == {"label": "person", "class_id": 0, "score": round(result.detections[0].score, 4),
-                   "box": [round(v, 1) for v in result.detections[0].box]}
+    assert det == {
+        "label": "person",
+        "class_id": 0,
+        "score": round(result.detections[0].score, 4),
+        "box": [round(v, 1) for v in result.detections[0].box],
+    }
     assert data["frame"] == [512, 512]
     assert data["inference_ms"] > 0 and data["pre_ms"] >= 0 and data["post_ms"] >= 0
 
@@ -275,8 +285,10 @@ def test_builtin_model_is_the_documented_file():
 
 
 def test_importing_the_package_loads_no_runtime_and_no_scikit_learn():
-    code = ("import sys, daemon.detect, daemon.detect.tflite, daemon.detect.groups, daemon.detect.tracker; "
-            "print(sorted(m for m in ('ai_edge_litert', 'tflite_runtime', 'sklearn') if m in sys.modules))")
+    code = (
+        "import sys, daemon.detect, daemon.detect.tflite, daemon.detect.groups, daemon.detect.tracker; "
+        "print(sorted(m for m in ('ai_edge_litert', 'tflite_runtime', 'sklearn') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[1])
     assert out.stdout.strip() == "[]"
 
@@ -320,6 +332,7 @@ def test_a_real_classifier_model_is_not_a_detector(tmp_path):
 
 def write_reshape_model(s, flatbuffers, path: Path, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> None:
     """One RESHAPE op from a float32 image input to `out_shape`: the smallest model a runtime really loads."""
+
     def tensor(shape, buf, name, ttype):
         t = s.TensorT()
         t.shape, t.type, t.buffer, t.name = list(shape), ttype, buf, name.encode()
@@ -328,8 +341,11 @@ def write_reshape_model(s, flatbuffers, path: Path, in_shape: tuple[int, ...], o
     shape_buf = s.BufferT()
     shape_buf.data = list(np.asarray(out_shape, np.int32).tobytes())
     sg = s.SubGraphT()
-    sg.tensors = [tensor(in_shape, 0, "image", s.TensorType.FLOAT32), tensor([len(out_shape)], 1, "shape", s.TensorType.INT32),
-                  tensor(out_shape, 0, "scores", s.TensorType.FLOAT32)]
+    sg.tensors = [
+        tensor(in_shape, 0, "image", s.TensorType.FLOAT32),
+        tensor([len(out_shape)], 1, "shape", s.TensorType.INT32),
+        tensor(out_shape, 0, "scores", s.TensorType.FLOAT32),
+    ]
     sg.inputs, sg.outputs = [0], [2]
     op = s.OperatorT()
     op.opcodeIndex, op.inputs, op.outputs = 0, [0, 1], [2]
@@ -347,7 +363,8 @@ def write_reshape_model(s, flatbuffers, path: Path, in_shape: tuple[int, ...], o
 @needs_runtime
 def test_unknown_class_and_missing_labels(tmp_path):
     assert reason_of(DetectorOptions(model=builtin_model(), labels=builtin_labels(), classes=("persn",))).startswith(
-        "class 'persn' is not among the model's labels")
+        "class 'persn' is not among the model's labels"
+    )
     missing = tmp_path / "labels.txt"
     assert reason_of(DetectorOptions(model=builtin_model(), labels=missing)) == f"label file not found: {missing}"
     # The SSD names no classes itself: without its label file, a class name cannot be resolved ...

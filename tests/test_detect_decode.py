@@ -5,6 +5,7 @@ lays them out, so every layout (YOLOv8/11 in both orientations with
 normalised and pixel boxes, int8 and float, YOLOv5 with objectness, the SSD
 post-process) is decoded against boxes and scores chosen beforehand.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -54,7 +55,7 @@ def yolo_rows(classes: int = C, objectness: bool = False, anchors: int = N) -> n
     rows[:, extra:] = 0.01
     for anchor, scores, box in KNOWN:
         rows[anchor, :4] = box
-        rows[anchor, extra:extra + 3] = scores
+        rows[anchor, extra : extra + 3] = scores
         if objectness:
             rows[anchor, 4] = 1.0
     return rows
@@ -135,13 +136,17 @@ def test_yolo_pixel_boxes_in_a_quantised_output():
     raw = q.T[None].copy()
     layout = layout_for(raw, scale=scale, zp=zp)
     assert layout.boxes == "auto"
-    (c, s, b), = decoded(raw, layout)
+    ((c, s, b),) = decoded(raw, layout)
     assert c == 0 and np.allclose(b, PERSON, atol=2.0)
 
 
 def test_threshold_on_raw_values_equals_the_threshold_on_dequantised_ones():
-    for dtype, scale, zp in [(np.int8, 0.003906319383531809, -128), (np.int8, 0.004194467328488827, -128), (np.uint8, 1 / 256, 0),
-                             (np.int8, 0.05, 3)]:
+    for dtype, scale, zp in [
+        (np.int8, 0.003906319383531809, -128),
+        (np.int8, 0.004194467328488827, -128),
+        (np.uint8, 1 / 256, 0),
+        (np.int8, 0.05, 3),
+    ]:
         tensor = TensorSpec(0, "out", (256,), np.dtype(dtype), scale, zp)
         info = np.iinfo(dtype)
         values = np.arange(info.min, info.max + 1).astype(dtype)
@@ -311,8 +316,12 @@ def test_zone_resolves_pixels_and_fractions_and_refuses_nonsense():
     z = resolve_zone([100, 50, 1000, 100], 640, 480)  # clipped to the frame
     assert z is not None and z.as_list() == [100, 50, 540, 100]
     cases: list[tuple[list[Any], str]] = [
-        ([1, 2, 3], r"\[x, y, w, h\]"), ([0, 0, 0, 10], "w, h > 0"), ([-1, 0, 5, 5], "x and y must be >= 0"),
-        ([700, 0, 50, 50], "outside the 640x480 frame"), (["a", 0, 1, 1], "four numbers")]
+        ([1, 2, 3], r"\[x, y, w, h\]"),
+        ([0, 0, 0, 10], "w, h > 0"),
+        ([-1, 0, 5, 5], "x and y must be >= 0"),
+        ([700, 0, 50, 50], "outside the 640x480 frame"),
+        (["a", 0, 1, 1], "four numbers"),
+    ]
     for bad, why in cases:
         with pytest.raises(ValueError, match=why):
             resolve_zone(bad, 640, 480)
@@ -359,27 +368,38 @@ def test_layouts_recognised_by_anchor_count():
 
 
 def test_ssd_outputs_by_name_order():
-    tf1 = [spec((1, 10, 4), name="TFLite_Detection_PostProcess", index=1), spec((1, 10), name="TFLite_Detection_PostProcess:1", index=2),
-           spec((1, 10), name="TFLite_Detection_PostProcess:2", index=3), spec((1,), name="TFLite_Detection_PostProcess:3", index=4)]
+    tf1 = [
+        spec((1, 10, 4), name="TFLite_Detection_PostProcess", index=1),
+        spec((1, 10), name="TFLite_Detection_PostProcess:1", index=2),
+        spec((1, 10), name="TFLite_Detection_PostProcess:2", index=3),
+        spec((1,), name="TFLite_Detection_PostProcess:3", index=4),
+    ]
     layout = classify_outputs(INPUT640, tf1)
     assert layout.kind == "ssd" and [t.index for t in layout.tensors] == [1, 2, 3, 4]
-    tf2 = [spec((1, 10), name="StatefulPartitionedCall:1", index=1), spec((1, 10, 4), name="StatefulPartitionedCall:3", index=2),
-           spec((1,), name="StatefulPartitionedCall:0", index=3), spec((1, 10), name="StatefulPartitionedCall:2", index=4)]
+    tf2 = [
+        spec((1, 10), name="StatefulPartitionedCall:1", index=1),
+        spec((1, 10, 4), name="StatefulPartitionedCall:3", index=2),
+        spec((1,), name="StatefulPartitionedCall:0", index=3),
+        spec((1, 10), name="StatefulPartitionedCall:2", index=4),
+    ]
     layout = classify_outputs(INPUT640, tf2)
     assert [t.index for t in layout.tensors] == [2, 4, 1, 3]  # boxes, classes, scores, count
 
 
-@pytest.mark.parametrize("outputs, why", [
-    ([spec((1, 1001))], "not a detection model: its one output [1, 1001] is a score per class (an image classifier)"),
-    ([spec((1, 1, 1, 1001))], "not a detection model"),
-    ([spec((1, 10, 10))], "unknown output layout [1, 10, 10] for a 640x640 input: neither YOLOv8/11 (N = 8400 anchors"),
-    ([spec((1, 300, 6))], "looks like a YOLO export with NMS inside"),
-    ([spec((1, 10, 4)), spec((1, 10)), spec((1, 10)), spec((1, 11))], "not an SSD post-process"),
-    ([spec((1, 10, 4)), spec((1, 10)), spec((1, 10)), spec((1,), np.uint8)], "should be float32"),
-    ([spec((1, 84, 8400)), spec((1, 32, 160, 160))], "unknown output layout: 2 outputs"),
-    ([spec((84, 8400))], "unknown output layout [84, 8400]"),
-    ([spec((1, 2, 84, 8400))], "unknown output layout [1, 2, 84, 8400]"),
-])
+@pytest.mark.parametrize(
+    "outputs, why",
+    [
+        ([spec((1, 1001))], "not a detection model: its one output [1, 1001] is a score per class (an image classifier)"),
+        ([spec((1, 1, 1, 1001))], "not a detection model"),
+        ([spec((1, 10, 10))], "unknown output layout [1, 10, 10] for a 640x640 input: neither YOLOv8/11 (N = 8400 anchors"),
+        ([spec((1, 300, 6))], "looks like a YOLO export with NMS inside"),
+        ([spec((1, 10, 4)), spec((1, 10)), spec((1, 10)), spec((1, 11))], "not an SSD post-process"),
+        ([spec((1, 10, 4)), spec((1, 10)), spec((1, 10)), spec((1,), np.uint8)], "should be float32"),
+        ([spec((1, 84, 8400)), spec((1, 32, 160, 160))], "unknown output layout: 2 outputs"),
+        ([spec((84, 8400))], "unknown output layout [84, 8400]"),
+        ([spec((1, 2, 84, 8400))], "unknown output layout [1, 2, 84, 8400]"),
+    ],
+)
 def test_layouts_refused_with_a_reason(outputs, why):
     with pytest.raises(DetectorUnavailable) as err:
         classify_outputs(INPUT640, outputs)
@@ -391,13 +411,16 @@ def test_ultralytics_task_other_than_detect_is_refused():
         classify_outputs(INPUT640, [spec((1, 116, 8400))], task="segment")
 
 
-@pytest.mark.parametrize("details, why", [
-    ([{"index": 0, "shape": [1, 3, 640, 640], "dtype": np.float32}], "(NCHW)"),
-    ([{"index": 0, "shape": [1, 640, 640, 1], "dtype": np.uint8}], "not RGB"),
-    ([{"index": 0, "shape": [640, 640, 3], "dtype": np.uint8}], "not an image model"),
-    ([{"index": 0, "shape": [1, 64, 64, 3], "dtype": np.int32}], "unsupported input dtype int32"),
-    ([{"index": 0, "shape": [1, 64, 64, 3], "dtype": np.uint8}] * 2, "it has 2 inputs"),
-])
+@pytest.mark.parametrize(
+    "details, why",
+    [
+        ([{"index": 0, "shape": [1, 3, 640, 640], "dtype": np.float32}], "(NCHW)"),
+        ([{"index": 0, "shape": [1, 640, 640, 1], "dtype": np.uint8}], "not RGB"),
+        ([{"index": 0, "shape": [640, 640, 3], "dtype": np.uint8}], "not an image model"),
+        ([{"index": 0, "shape": [1, 64, 64, 3], "dtype": np.int32}], "unsupported input dtype int32"),
+        ([{"index": 0, "shape": [1, 64, 64, 3], "dtype": np.uint8}] * 2, "it has 2 inputs"),
+    ],
+)
 def test_inputs_refused_with_a_reason(details, why):
     with pytest.raises(DetectorUnavailable) as err:
         read_input(details)

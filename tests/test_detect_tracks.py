@@ -1,4 +1,5 @@
 """Groups of people (DBSCAN over foot points in body heights) and the tracker (ids, dwell, ends, counts)."""
+
 from __future__ import annotations
 
 import json
@@ -93,9 +94,13 @@ def test_without_scikit_learn_groups_say_why_instead_of_failing():
         "import sys, json; sys.modules['sklearn'] = None; sys.modules['sklearn.cluster'] = None\n"
         "from daemon.detect import Detection\nfrom daemon.detect.groups import GroupFinder\n"
         f"f = GroupFinder(); r = f.find({PEOPLE})\n"
-        "print(json.dumps({'summary': r.summary(), 'available': r.available, 'status': f.status}))")
-    assert got == {"summary": {"people": 2, "groups": 0, "sizes": [], "alone": 2, "reason": UNAVAILABLE},
-                   "available": False, "status": UNAVAILABLE}
+        "print(json.dumps({'summary': r.summary(), 'available': r.available, 'status': f.status}))"
+    )
+    assert got == {
+        "summary": {"people": 2, "groups": 0, "sizes": [], "alone": 2, "reason": UNAVAILABLE},
+        "available": False,
+        "status": UNAVAILABLE,
+    }
     assert UNAVAILABLE == "groups unavailable: scikit-learn is not installed"
 
 
@@ -107,7 +112,8 @@ def test_scikit_learn_is_imported_only_when_a_group_is_computed():
         "before = 'sklearn' in sys.modules; status = f.status\n"
         f"two = f.find({PEOPLE})\n"
         "print(json.dumps({'before': before, 'status_before': status, 'after': 'sklearn' in sys.modules,"
-        " 'groups': two.groups, 'status': f.status}))")
+        " 'groups': two.groups, 'status': f.status}))"
+    )
     assert got == {"before": False, "status_before": "not loaded", "after": True, "groups": [[0, 1]], "status": "ok"}
 
 
@@ -218,10 +224,31 @@ def test_max_age_and_labels():
     assert json.loads(json.dumps(still.tracks[0].to_dict(now=600.0)))["age_s"] == 600.0
 
 
+def test_tracks_end_by_the_clock_without_an_update():
+    # The daemon calls expire() from its worker's own step: a scene gone still runs no inference, so no update comes.
+    tracker = Tracker(dwell_s=0.5)
+    alice = standing(300, 900, 400)
+    tracker.update([alice], 0.0)
+    assert [t.id for t in tracker.update([alice], 1.0).new] == [1] and tracker.count == 1
+    assert tracker.expire(5.0, 10.0) == [] and tracker.count == 1  # last seen 4 s ago: kept
+    ended = tracker.expire(11.5, 10.0)
+    assert [t.id for t in ended] == [1] and tracker.count == 0 and tracker.tracks == []
+    tracker.update([alice], 20.0)  # seen once, never confirmed: it goes silently
+    assert tracker.expire(31.0, 10.0) == [] and tracker.tracks == []
+    assert tracker.update([alice], 32.0).ids == [3]  # a new track, never an old id again
+    with pytest.raises(ValueError, match="max_age_s"):
+        tracker.expire(40.0, -1.0)
+
+
 def test_bad_tracker_parameters():
     cases: list[tuple[dict[str, Any], str]] = [
-        ({"iou_threshold": 0}, "iou_threshold"), ({"max_missed": -1}, "max_missed"), ({"dwell_s": -1}, "dwell_s"),
-        ({"min_hits": 0}, "min_hits"), ({"max_age_s": 0}, "max_age_s"), ({"max_distance": -1}, "max_distance")]
+        ({"iou_threshold": 0}, "iou_threshold"),
+        ({"max_missed": -1}, "max_missed"),
+        ({"dwell_s": -1}, "dwell_s"),
+        ({"min_hits": 0}, "min_hits"),
+        ({"max_age_s": 0}, "max_age_s"),
+        ({"max_distance": -1}, "max_distance"),
+    ]
     for kwargs, why in cases:
         with pytest.raises(ValueError, match=why):
             Tracker(**kwargs)

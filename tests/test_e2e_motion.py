@@ -1,4 +1,5 @@
 """End to end: motion on the synthetic machine, through the daemon, to a real webhook server that hangs."""
+
 from __future__ import annotations
 
 import json
@@ -8,9 +9,9 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from daemon_proc import Daemon, replies, reply_json
 
 from daemon.sources.synthetic import MACHINE_RECT_FRAC
-from daemon_proc import Daemon, replies, reply_json
 
 
 class HangingWebhook:
@@ -60,14 +61,17 @@ def frame_id(d: Daemon) -> int:
 
 def test_machine_state_reaches_the_webhook_and_a_hanging_webhook_never_stops_the_frames(tmp_path, webhook):
     region = {"name": "machine", "rect": list(MACHINE_RECT_FRAC), "min_fraction": 0.02, "machine_id": 3}
-    d = Daemon(tmp_path, overrides={
-        "motion.regions": [region],
-        "motion.window_s": 2.0,
-        "motion.settle_s": 0.5,
-        "notify.webhook.url": webhook.url,
-        "notify.events": ["motion.state"],
-        "notify.timeout_s": 60.0,
-    }).start()
+    d = Daemon(
+        tmp_path,
+        overrides={
+            "motion.regions": [region],
+            "motion.window_s": 2.0,
+            "motion.settle_s": 0.5,
+            "notify.webhook.url": webhook.url,
+            "notify.events": ["motion.state"],
+            "notify.timeout_s": 60.0,
+        },
+    ).start()
     try:
         # The machine runs for the first 45 s of scene time: after one window the region is RUNNING.
         assert webhook.hanging.wait(30), d.log()

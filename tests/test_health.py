@@ -1,4 +1,5 @@
 """System figures, the swap guard and systemd notifications, against the real /proc, fake files and real sockets."""
+
 from __future__ import annotations
 
 import logging
@@ -63,6 +64,7 @@ def fake_vcgencmd(bin_dir: Path, body: str) -> Path:
 
 # -- figures ----------------------------------------------------------------------------------------
 
+
 def test_figures_from_the_real_proc(tmp_path):
     figures = SystemHealth(tmp_path, vcgencmd=NO_VCGENCMD, throttled_sysfs_path=tmp_path / "absent").health()
     assert figures["rss_mb"] > 1
@@ -80,8 +82,9 @@ def test_figures_from_the_real_proc(tmp_path):
 
 def test_figures_from_fake_files(fake_proc, tmp_path):
     proc, thermal = fake_proc
-    figures = SystemHealth(tmp_path, proc_dir=proc, thermal_path=thermal, vcgencmd=NO_VCGENCMD,
-                           throttled_sysfs_path=tmp_path / "absent").health()
+    figures = SystemHealth(
+        tmp_path, proc_dir=proc, thermal_path=thermal, vcgencmd=NO_VCGENCMD, throttled_sysfs_path=tmp_path / "absent"
+    ).health()
     assert figures["rss_mb"] == 80.0
     assert figures["mem_total_mb"] == 926.1
     assert figures["mem_available_mb"] == 500.0
@@ -95,8 +98,13 @@ def test_missing_or_broken_files_give_none_not_errors(tmp_path):
     proc = tmp_path / "empty-proc"
     proc.mkdir()
     (tmp_path / "temp").write_text("not a number\n")
-    figures = SystemHealth(tmp_path / "captures" / "2024-06-01", proc_dir=proc, thermal_path=tmp_path / "temp",
-                           vcgencmd=NO_VCGENCMD, throttled_sysfs_path=tmp_path / "absent").health()
+    figures = SystemHealth(
+        tmp_path / "captures" / "2024-06-01",
+        proc_dir=proc,
+        thermal_path=tmp_path / "temp",
+        vcgencmd=NO_VCGENCMD,
+        throttled_sysfs_path=tmp_path / "absent",
+    ).health()
     for key in ("rss_mb", "mem_total_mb", "mem_available_mb", "swap_total_mb", "swap_used_mb", "cpu_temp_c", "load_avg"):
         assert figures[key] is None, key
     # The captures folder does not exist yet: the figures are those of the filesystem it will be on.
@@ -112,6 +120,7 @@ def test_meminfo_without_memavailable_falls_back_to_free_plus_caches(tmp_path, f
 
 
 # -- throttling -------------------------------------------------------------------------------------
+
 
 def test_decode_throttled_bits():
     clean = decode_throttled(0)
@@ -194,6 +203,7 @@ def test_sysfs_throttled_is_used_without_vcgencmd(tmp_path):
 
 # -- swap guard -------------------------------------------------------------------------------------
 
+
 def _mb_kb(mb: float) -> int:
     return int(mb * 1024)
 
@@ -249,6 +259,7 @@ def test_swap_guard_against_the_real_proc():
 
 
 # -- systemd notifications --------------------------------------------------------------------------
+
 
 @pytest.fixture
 def notify_socket(tmp_path):

@@ -5,6 +5,7 @@ intervals, with sensor noise and hiccups) and fed to `Motion.process` with
 controlled timestamps, so minutes of scene run in a moment and nothing depends
 on how fast this machine is.
 """
+
 from __future__ import annotations
 
 import json
@@ -14,18 +15,19 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 import pytest
 
-from daemon.core.bus import EventBus
+from daemon.capture.ring import FrameMeta
 from daemon.commands import Registry, Session
 from daemon.config import Config, ConfigError
-from daemon.motion import Motion, RegionMeter, check_regions, format_duration, parse_masks, parse_regions
-from daemon.capture.ring import FrameMeta
+from daemon.core.bus import EventBus
 from daemon.core.status import ComponentStatus
 from daemon.image.night import NightController
+from daemon.motion import Motion, RegionMeter, check_regions, format_duration, parse_masks, parse_regions
 
 FRAME = (640, 480)  # full frame w, h
 RING = (160, 120)  # ring frame w, h: a quarter of each side
@@ -54,7 +56,7 @@ class Scene:
             hiccup = self.rng.random() if self.hiccups else 0.5
             moves = (running and hiccup > 0.25) or (not running and hiccup < 0.05)
             x = 42 + (self.k * 7) % 25 if moves else 42
-            img[35:47, x:x + 10] = 235 + int(round(brightness))
+            img[35:47, x : x + 10] = 235 + int(round(brightness))
         return np.clip(img, 0, 255).astype(np.uint8)
 
 
@@ -81,8 +83,19 @@ def make(tmp_path: Path, regions: list | None = None, *, frame=FRAME, ring=RING,
     return motion, config, bus, status, events
 
 
-def run(motion: Motion, scene: Scene, seconds: float, fps: float, truth, *, start: float = 0.0, first_id: int = 0,
-        brightness=lambda t: 0.0, night=lambda t: False, noise=lambda t: 1.0) -> list[FrameMeta]:
+def run(
+    motion: Motion,
+    scene: Scene,
+    seconds: float,
+    fps: float,
+    truth,
+    *,
+    start: float = 0.0,
+    first_id: int = 0,
+    brightness=lambda t: 0.0,
+    night=lambda t: False,
+    noise=lambda t: 1.0,
+) -> list[FrameMeta]:
     """Feed frames from `start` for `seconds`; `truth(t)` says whether the part runs at time t."""
     metas = []
     n = int(round(seconds * fps))
@@ -233,8 +246,11 @@ def test_light_switched_on_raises_no_event_and_settles(tmp_path, caplog, running
 
 def test_auto_exposure_steps_raise_no_event(tmp_path):
     motion, _, _, _, events = make(tmp_path)
+
     # Four steps of 15 grey levels a second apart: each below brightness_jump (20) on its own.
-    steps = lambda t: 15.0 * max(0, min(4, int(t - 29))) if t >= 30 else 0.0
+    def steps(t: float) -> float:
+        return 15.0 * max(0, min(4, int(t - 29))) if t >= 30 else 0.0
+
     metas = run(motion, Scene(hiccups=False), 60, 5, lambda t: False, brightness=steps)
     assert [(o, n) for o, n, _ in states(events)] == [("UNKNOWN", "STOPPED")]
     assert motion.resets >= 1  # the creeping exposure was caught against the slow average
@@ -311,13 +327,15 @@ def test_reset_during_running_keeps_the_state(tmp_path):
 # --- measure: masks, polygons, units ---------------------------------------------------------------
 
 
-def moving_square(scene: Scene, k: int, rect_full: tuple[int, int, int, int], step: int = 8, toggle: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def moving_square(
+    scene: Scene, k: int, rect_full: tuple[int, int, int, int], step: int = 8, toggle: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """A full frame with a bright square that moves `step` px a frame (or jumps back and forth), and its ring copy
     (INTER_AREA, like the capture loop makes it)."""
     full = cv2.resize(scene.base.astype(np.uint8), FRAME, interpolation=cv2.INTER_LINEAR)
     x, y, w, h = rect_full
     dx = (k % 2) * step if toggle else k * step
-    full[y:y + h, x + dx:x + dx + w] = 250
+    full[y : y + h, x + dx : x + dx + w] = 250
     ring = cv2.resize(full, RING, interpolation=cv2.INTER_AREA)
     return full, ring
 
@@ -384,7 +402,7 @@ def test_min_pixels_counts_at_full_frame_scale(tmp_path):
     for k in range(4):
         full = cv2.resize(scene.base.astype(np.uint8), FRAME, interpolation=cv2.INTER_LINEAR)
         x = 160 + (k % 2) * 80
-        full[160:240, x:x + 80] = 250
+        full[160:240, x : x + 80] = 250
         ring = cv2.resize(full, RING, interpolation=cv2.INTER_AREA)
         motion.process(ring, FrameMeta(frame_id=k, ts=T0_WALL + k, mono=T0_MONO + k, dark_score=dark(ring)))
     h = motion.health()["regions"]
@@ -444,12 +462,15 @@ def test_x_motion_header_format(tmp_path):
 # --- region parsing and config ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("region, problem", [
-    ({"name": "a", "rect": [600, 0, 100, 100]}, "outside the 640x480 frame"),
-    ({"name": "a", "polygon": [[0, 0], [700, 0], [0, 100]]}, "outside the 640x480 frame"),
-    ({"name": "a", "rect": [10, 10, 1, 50]}, "too small"),
-    ({"name": "a", "rect": [0, 0, 10, 10], "min_pixels": 500}, "could never move"),
-])
+@pytest.mark.parametrize(
+    "region, problem",
+    [
+        ({"name": "a", "rect": [600, 0, 100, 100]}, "outside the 640x480 frame"),
+        ({"name": "a", "polygon": [[0, 0], [700, 0], [0, 100]]}, "outside the 640x480 frame"),
+        ({"name": "a", "rect": [10, 10, 1, 50]}, "too small"),
+        ({"name": "a", "rect": [0, 0, 10, 10], "min_pixels": 500}, "could never move"),
+    ],
+)
 def test_parse_regions_needs_the_frame_for_bounds(region, problem):
     check_regions([region])  # the frame-free checks let it through
     with pytest.raises(ValueError, match=re.escape(problem)) as info:
@@ -457,28 +478,31 @@ def test_parse_regions_needs_the_frame_for_bounds(region, problem):
     assert "region 'a'" in str(info.value)
 
 
-@pytest.mark.parametrize("region, problem", [
-    ({"name": "a"}, "needs rect"),
-    ({"name": "a", "rect": [0, 0, 0, 10]}, "zero size"),
-    ({"name": "a", "rect": [0, 0, 10]}, "rect must be [x, y, w, h]"),
-    ({"name": "a", "rect": [-1, 0, 10, 10]}, "starts outside"),
-    ({"name": "a", "rect": [0.5, 0, 0.6, 0.5]}, "reaches outside"),
-    ({"name": "a", "rect": [0, 0, "ten", 10]}, "must be a number"),
-    ({"name": "a", "rect": [0, 0, float("nan"), 10]}, "finite"),
-    ({"name": "a", "rect": [0, 0, 10, 10], "polygon": [[0, 0], [1, 0], [0, 1]]}, "not both"),
-    ({"name": "a", "polygon": [[0, 0], [10, 10]]}, "at least 3 points"),
-    ({"name": "a", "polygon": [[0, 0], [10, 10], [20, 20]]}, "no area"),
-    ({"name": "a", "rect": [0, 0, 10, 10], "min_fraction": 1.5}, "min_fraction"),
-    ({"name": "a", "rect": [0, 0, 10, 10], "min_fraction": 0.1, "min_pixels": 5}, "not both"),
-    ({"name": "a", "rect": [0, 0, 10, 10], "min_pixels": 2.5}, "whole number"),
-    ({"name": "a", "rect": [0, 0, 10, 10], "threshold": 300}, "use min_pixels"),
-    ({"name": "a", "rect": [0, 0, 10, 10], "color": "red"}, "unknown key 'color'"),
-    ({"name": "a", "rect": [0, 0, 10, 10], "webhook": "ftp://x"}, "webhook"),
-    ({"name": "a", "rect": [0, 0, 10, 10], "blur": 99}, "blur must be 0..51"),
-    ({"name": "a", "rect": [0, 0, 10, 10], "machine_id": [1]}, "machine_id"),
-    ({"name": "a=b", "rect": [0, 0, 10, 10]}, "names are"),
-    ({"name": "", "rect": [0, 0, 10, 10]}, "needs a name"),
-])
+@pytest.mark.parametrize(
+    "region, problem",
+    [
+        ({"name": "a"}, "needs rect"),
+        ({"name": "a", "rect": [0, 0, 0, 10]}, "zero size"),
+        ({"name": "a", "rect": [0, 0, 10]}, "rect must be [x, y, w, h]"),
+        ({"name": "a", "rect": [-1, 0, 10, 10]}, "starts outside"),
+        ({"name": "a", "rect": [0.5, 0, 0.6, 0.5]}, "reaches outside"),
+        ({"name": "a", "rect": [0, 0, "ten", 10]}, "must be a number"),
+        ({"name": "a", "rect": [0, 0, float("nan"), 10]}, "finite"),
+        ({"name": "a", "rect": [0, 0, 10, 10], "polygon": [[0, 0], [1, 0], [0, 1]]}, "not both"),
+        ({"name": "a", "polygon": [[0, 0], [10, 10]]}, "at least 3 points"),
+        ({"name": "a", "polygon": [[0, 0], [10, 10], [20, 20]]}, "no area"),
+        ({"name": "a", "rect": [0, 0, 10, 10], "min_fraction": 1.5}, "min_fraction"),
+        ({"name": "a", "rect": [0, 0, 10, 10], "min_fraction": 0.1, "min_pixels": 5}, "not both"),
+        ({"name": "a", "rect": [0, 0, 10, 10], "min_pixels": 2.5}, "whole number"),
+        ({"name": "a", "rect": [0, 0, 10, 10], "threshold": 300}, "use min_pixels"),
+        ({"name": "a", "rect": [0, 0, 10, 10], "color": "red"}, "unknown key 'color'"),
+        ({"name": "a", "rect": [0, 0, 10, 10], "webhook": "ftp://x"}, "webhook"),
+        ({"name": "a", "rect": [0, 0, 10, 10], "blur": 99}, "blur must be 0..51"),
+        ({"name": "a", "rect": [0, 0, 10, 10], "machine_id": [1]}, "machine_id"),
+        ({"name": "a=b", "rect": [0, 0, 10, 10]}, "names are"),
+        ({"name": "", "rect": [0, 0, 10, 10]}, "needs a name"),
+    ],
+)
 def test_bad_regions_are_refused_with_the_reason(region, problem):
     with pytest.raises(ValueError, match=re.escape(problem)):
         check_regions([region])
@@ -516,8 +540,9 @@ def test_config_refuses_deeply_bad_regions_and_changes_nothing():
 def test_loading_a_config_with_regions_does_not_import_opencv(tmp_path):
     # The schema checks regions with daemon/motion/regions.py alone; OpenCV (about 0.5 s and 30 MiB) loads with Motion.
     path = tmp_path / "config.yaml"
-    path.write_text("motion:\n  regions:\n    - {name: press1, rect: [0.1, 0.1, 0.2, 0.2], min_pixels: 50}\n"
-                    "  masks:\n    - [0, 0, 100, 20]\n")
+    path.write_text(
+        "motion:\n  regions:\n    - {name: press1, rect: [0.1, 0.1, 0.2, 0.2], min_pixels: 50}\n  masks:\n    - [0, 0, 100, 20]\n"
+    )
     code = (
         "import sys\n"
         "from daemon.config import Config, ConfigError\n"
@@ -530,8 +555,9 @@ def test_loading_a_config_with_regions_does_not_import_opencv(tmp_path):
         "from daemon.motion import check_regions, parse_regions\n"
         "print('loaded:', sorted(m for m in ('cv2', 'numpy') if m in sys.modules))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1],
-                         capture_output=True, text=True, timeout=60, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=60, check=True
+    ).stdout
     assert "refused: motion.regions" in out and "zero size" in out
     assert "loaded: []" in out
 
@@ -608,24 +634,27 @@ def test_region_add_and_del_apply_live(tmp_path):
     assert "door=" not in metas[-1].extra["motion"] and [r["name"] for r in config.get("motion.regions")] == ["press1", "gate"]
 
 
-@pytest.mark.parametrize("line, problem", [
-    ("region add far 600 400 100 100", "outside the 640x480 frame"),
-    ("region add flat 10 10 0 50", "zero size"),
-    ("region add press1 0 0 50 50", "exists already"),
-    ("region add x 0 0 ten 50", "W must be a number"),
-    ("region add x 0 0 nan 50", "finite"),
-    ("region add x 0 0 inf 50", "finite"),
-    ("region add x -5 0 50 50", "starts outside"),
-    ("region add x 0 0 50 50 0", "MIN must be above 0"),
-    ("region add x 0 0 50 50 2.5", "whole number"),
-    ("region add x 0 0 50 50 99999", "could never move"),
-    ("region add x=y 0 0 50 50", "names are"),
-    ("region add x 0 0 50", "usage"),
-    ("region add", "usage"),
-    ("region del nope", "unknown region 'nope'"),
-    ("region move press1", "usage"),
-    ("region add Press1 0 0 50 50 0.1 extra", "usage"),
-])
+@pytest.mark.parametrize(
+    "line, problem",
+    [
+        ("region add far 600 400 100 100", "outside the 640x480 frame"),
+        ("region add flat 10 10 0 50", "zero size"),
+        ("region add press1 0 0 50 50", "exists already"),
+        ("region add x 0 0 ten 50", "W must be a number"),
+        ("region add x 0 0 nan 50", "finite"),
+        ("region add x 0 0 inf 50", "finite"),
+        ("region add x -5 0 50 50", "starts outside"),
+        ("region add x 0 0 50 50 0", "MIN must be above 0"),
+        ("region add x 0 0 50 50 2.5", "whole number"),
+        ("region add x 0 0 50 50 99999", "could never move"),
+        ("region add x=y 0 0 50 50", "names are"),
+        ("region add x 0 0 50", "usage"),
+        ("region add", "usage"),
+        ("region del nope", "unknown region 'nope'"),
+        ("region move press1", "usage"),
+        ("region add Press1 0 0 50 50 0.1 extra", "usage"),
+    ],
+)
 def test_bad_region_commands_change_nothing(tmp_path, line, problem):
     motion, config, *_ = make(tmp_path)
     reg = commands(motion)
@@ -655,7 +684,9 @@ def test_region_commands_need_the_token_when_one_is_set(tmp_path):
 
 
 def test_logs_are_json_lines_and_rotate(tmp_path):
-    motion, *_ = make(tmp_path, [PRESS, {"name": "Presse 2/b", "rect": [0, 0, 0.25, 0.25]}], log_max_mb=0.01, log_keep=2)
+    motion, *_ = make(
+        tmp_path, [PRESS, {"name": "Presse 2/b", "rect": [0, 0, 0.25, 0.25]}], log_frames=True, log_frames_max_mb=0.01, log_frames_keep=2
+    )
     motion.start()
     try:
         run(motion, Scene(), 60, 10, intervals((0, 30)))  # 600 frames, ~100 bytes a line: several rotations
@@ -714,7 +745,7 @@ def test_unwritable_log_folder_degrades_then_recovers(tmp_path):
         assert status.ok
     finally:
         motion.stop()
-    assert (tmp_path / "logs" / "motion_press1.jsonl").stat().st_size > 0
+    assert (tmp_path / "logs" / "summary_press1.jsonl").stat().st_size > 0
 
 
 # --- robustness ---------------------------------------------------------------------------------------
@@ -779,8 +810,9 @@ def reference_counts(frames, rects, *, blur=5, threshold=25, dilate=2, alpha=0.0
         corners = [(mx, my), (mx + mw, my), (mx + mw, my + mh), (mx, my + mh)]
         pts = np.array([[round(x * RING[0] / FRAME[0] * 16), round(y * RING[1] / FRAME[1] * 16)] for x, y in corners], np.int32)
         cv2.fillPoly(keep, [pts], 0, lineType=cv2.LINE_8, shift=4)
-    out = []
-    background = reference = None
+    out: list[list[int] | None] = []
+    background: np.ndarray | None = None
+    reference: np.ndarray | None = None
     for frame in frames:
         grey = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
         if blur:
@@ -791,15 +823,16 @@ def reference_counts(frames, rects, *, blur=5, threshold=25, dilate=2, alpha=0.0
             continue
         diff = cv2.absdiff(grey, reference)
         if method == "background":
+            assert background is not None  # set with the reference
             cv2.accumulateWeighted(grey, background, alpha)
             reference = cv2.convertScaleAbs(background)
         else:
             reference = grey
-        changed = np.where((diff >= threshold) & (keep > 0), 255, 0).astype(np.uint8)
+        changed: np.ndarray = np.where((diff >= threshold) & (keep > 0), 255, 0).astype(np.uint8)
         if dilate:
             changed = cv2.dilate(changed, np.ones((3, 3), np.uint8), iterations=dilate)
         changed &= keep
-        out.append([int(np.count_nonzero(changed[y // 4:(y + h) // 4, x // 4:(x + w) // 4])) for x, y, w, h in rects])
+        out.append([int(np.count_nonzero(changed[y // 4 : (y + h) // 4, x // 4 : (x + w) // 4])) for x, y, w, h in rects])
     return out
 
 
@@ -807,13 +840,13 @@ def reference_counts(frames, rects, *, blur=5, threshold=25, dilate=2, alpha=0.0
 SHARED_RECTS = [(160, 120, 160, 120), (200, 100, 120, 120), (320, 120, 100, 120), (0, 0, 160, 120), (120, 240, 200, 240)]
 
 
-@pytest.mark.parametrize("method, blur, dilate", [("background", 5, 2), ("previous", 5, 2), ("background", 0, 0),
-                                                  ("previous", 0, 3), ("background", 3, 1)])
+@pytest.mark.parametrize(
+    "method, blur, dilate", [("background", 5, 2), ("previous", 5, 2), ("background", 0, 0), ("previous", 0, 3), ("background", 3, 1)]
+)
 def test_shared_pass_counts_what_the_whole_frame_gives(tmp_path, method, blur, dilate):
     masks = [(240, 160, 40, 40)]  # a mask inside "a" and "b", right where the part moves
-    regions = [{"name": n, "rect": list(r), "min_pixels": 1} for n, r in zip("abcde", SHARED_RECTS)]
-    motion, *_ = make(tmp_path, regions, method=method, blur=blur, dilate=dilate,
-                      masks=[{"rect": list(m)} for m in masks])
+    regions = [{"name": n, "rect": list(r), "min_pixels": 1} for n, r in zip("abcde", SHARED_RECTS, strict=True)]
+    motion, *_ = make(tmp_path, regions, method=method, blur=blur, dilate=dilate, masks=[{"rect": list(m)} for m in masks])
     passes = commands(motion).dispatch("regions").body["passes"]
     assert len(passes) == 1 and passes[0]["regions"] == list("abcde")  # close together: one pass for all
     scene = Scene(hiccups=False)
@@ -834,7 +867,7 @@ def test_sharing_a_pass_changes_no_region_figure(tmp_path):
     """Each region measured alone (RegionMeter) gives exactly what the daemon gives while it shares a pass with
     others: polygons, masks and full-frame crops included."""
     masks = [{"rect": [300, 150, 30, 30]}, {"polygon": [[100, 300], [180, 300], [140, 360]]}]
-    regions = [
+    regions: list[dict[str, Any]] = [
         dict(PRESS),
         {"name": "tri", "polygon": [[140, 100], [340, 140], [200, 300]]},  # overlaps press1's box
         {"name": "next", "rect": [320, 120, 100, 120]},
@@ -948,7 +981,7 @@ def test_a_full_frame_of_another_size_falls_back_to_the_ring(tmp_path):
 
 
 def test_settling_frames_are_logged_as_not_judged(tmp_path):
-    motion, _, bus, _, _ = make(tmp_path)
+    motion, _, bus, _, _ = make(tmp_path, log_frames=True)
     scene = Scene()
     motion.start()
     try:

@@ -8,6 +8,7 @@ is then loaded as config and run through the real motion component.
 tools/chart.py runs on logs written by the real motion component (rotated,
 with a restart and with corrupted lines).
 """
+
 from __future__ import annotations
 
 import json
@@ -28,7 +29,7 @@ from rigs import HttpRig, request
 
 from daemon.capture.ring import FrameMeta
 from daemon.config import Config
-from daemon.core.bus import EventBus
+from daemon.core.bus import Event, EventBus
 from daemon.core.status import ComponentStatus
 from daemon.motion import Motion, RegionMeter
 
@@ -52,10 +53,10 @@ def tool_env() -> dict[str, str]:
     return env
 
 
-def run_tool(script: Path, *args: str, timeout: float = 90) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(script), *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT, env=tool_env())
-
+def run_tool(script: Path, *args: object, timeout: float = 90) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(script), *map(str, args)], capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=tool_env()
+    )
 
 
 class Scene:
@@ -81,10 +82,10 @@ class Scene:
         part_w, part_h = max(3, bw // 6), max(3, bh // 3)
         x = bx + 2 + ((self.k * 5) % (bw - part_w - 4) if moves else 0)
         y = by + bh // 3
-        img[y:y + part_h, x:x + part_w] = 235
+        img[y : y + part_h, x : x + part_w] = 235
         # The person walks across the top of the picture, never into the box.
         px = (self.k * 3) % (w - 10)
-        img[2:max(4, by - 10), px:px + 8] = 25
+        img[2 : max(4, by - 10), px : px + 8] = 25
         return np.clip(img, 0, 255).astype(np.uint8)
 
 
@@ -95,7 +96,7 @@ def truth(spans):
 @pytest.fixture(scope="module")
 def video(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("video") / "press.avi"
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), VIDEO_FPS, VIDEO_SIZE)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), VIDEO_FPS, VIDEO_SIZE)
     assert writer.isOpened()
     scene = Scene(VIDEO_SIZE, VIDEO_RECT)
     is_running = truth(VIDEO_RUNNING)
@@ -113,13 +114,29 @@ LABELS = "0-15:running,15-30:stopped,30-45:running"
 
 def test_calibrate_finds_settings_the_daemon_then_judges_right(video, tmp_path):
     out, report = tmp_path / "snippet.yaml", tmp_path / "report.json"
-    res = run_tool(CALIBRATE, "--video", video, "--rect", *VIDEO_RECT, "--name", "press1", "--labels", LABELS,
-                   "--ring", "160x120", "--out", out, "--json", report)
+    res = run_tool(
+        CALIBRATE,
+        "--video",
+        video,
+        "--rect",
+        *VIDEO_RECT,
+        "--name",
+        "press1",
+        "--labels",
+        LABELS,
+        "--ring",
+        "160x120",
+        "--out",
+        out,
+        "--json",
+        report,
+    )
     assert res.returncode == 0, res.stderr
     data = json.loads(report.read_text())
     best = data["best"]
     assert best["efficiency"] >= 0.9 and best["margin"] > 0.2
     assert data["frames"] == {"running": 300, "stopped": 150}
+    assert data["timing"] == "their timestamps (OpenCV)" and data["too_few_frames"] is None and "too few" not in res.stderr
     assert len(data["results"]) == 5 * 4 * 3 * 2
     effs = [r["efficiency"] for r in data["results"]]
     assert round(effs[0], 3) == round(max(effs), 3)  # sorted best first
@@ -140,7 +157,7 @@ def test_calibrate_finds_settings_the_daemon_then_judges_right(video, tmp_path):
     config.set("motion.window_s", 5.0)
     config.set("motion.log_dir", str(tmp_path / "logs"))
     bus = EventBus(history=100)
-    events = []
+    events: list[Event] = []
     bus.subscribe("motion.state", events.append)
     motion = Motion(config.section("motion"), bus, ComponentStatus("motion"), VIDEO_SIZE, (160, 120))
     cap = cv2.VideoCapture(str(video))
@@ -165,8 +182,27 @@ def test_calibrate_ranks_the_current_config_and_takes_fractions(video, tmp_path)
     config.write_text("ring:\n  downscale: '160x120'\nmotion:\n  pixel_threshold: 33\n  blur: 3\n  dilate: 1\n")
     report = tmp_path / "report.json"
     fractions = [VIDEO_RECT[0] / 320, VIDEO_RECT[1] / 240, VIDEO_RECT[2] / 320, VIDEO_RECT[3] / 240]
-    res = run_tool(CALIBRATE, "--video", video, "--rect", *fractions, "--labels", LABELS, "--config", config,
-                   "--thresholds", "15,40", "--blurs", "5", "--dilates", "2", "--methods", "previous", "--json", report)
+    res = run_tool(
+        CALIBRATE,
+        "--video",
+        video,
+        "--rect",
+        *fractions,
+        "--labels",
+        LABELS,
+        "--config",
+        config,
+        "--thresholds",
+        "15,40",
+        "--blurs",
+        "5",
+        "--dilates",
+        "2",
+        "--methods",
+        "previous",
+        "--json",
+        report,
+    )
     assert res.returncode == 0, res.stderr
     data = json.loads(report.read_text())
     assert data["ring_size"] == [160, 120]  # from --config
@@ -210,8 +246,20 @@ def test_calibrate_refuses_bad_input_clearly(video, tmp_path, case):
 
 
 def test_calibrate_bad_url_exits_with_the_reason(tmp_path):
-    res = run_tool(CALIBRATE, "--url", f"http://127.0.0.1:{free_port()}", "--rect", "10", "10", "50", "50",
-                   "--labels", "0-2:running,2-4:stopped", "--out", tmp_path / "s.yaml")
+    res = run_tool(
+        CALIBRATE,
+        "--url",
+        f"http://127.0.0.1:{free_port()}",
+        "--rect",
+        "10",
+        "10",
+        "50",
+        "50",
+        "--labels",
+        "0-2:running,2-4:stopped",
+        "--out",
+        tmp_path / "s.yaml",
+    )
     assert res.returncode == 1 and "cannot connect to http://127.0.0.1:" in res.stderr
     res = run_tool(CALIBRATE, "--url", "ftp://127.0.0.1/x", "--rect", "10", "10", "50", "50")
     assert res.returncode == 1 and "bad --url" in res.stderr
@@ -230,8 +278,13 @@ class LiveCamera(HttpRig):
     def __init__(self) -> None:
         self.scene = Scene(self.FRAME, VIDEO_RECT)
         self.machine_running = threading.Event()
-        super().__init__(frame_size=self.FRAME, ring_size=self.RING, ring_slots=8, values={"mjpeg.max_fps": 20.0},
-                         frame=lambda _fid: self.scene.frame(self.machine_running.is_set()))
+        super().__init__(
+            frame_size=self.FRAME,
+            ring_size=self.RING,
+            ring_slots=8,
+            values={"mjpeg.max_fps": 20.0},
+            frame=lambda _fid: self.scene.frame(self.machine_running.is_set()),
+        )
 
 
 @pytest.fixture(scope="module")
@@ -241,7 +294,8 @@ def camera():
     cam.stop()
 
 
-def _wait_for_prompt(proc: subprocess.Popen, seen: list[str]) -> None:
+def _wait_for_prompt(proc: subprocess.Popen[str], seen: list[str]) -> None:
+    assert proc.stdout is not None and proc.stderr is not None
     for line in proc.stdout:
         seen.append(line)
         if "Press Enter to record" in line:
@@ -252,13 +306,36 @@ def _wait_for_prompt(proc: subprocess.Popen, seen: list[str]) -> None:
 @pytest.mark.parametrize("via", ["stream", "snapshot"])
 def test_calibrate_live_prompts_for_running_then_stopped(camera, tmp_path, via):
     out, report = tmp_path / "live.yaml", tmp_path / "live.json"
-    args = [sys.executable, str(CALIBRATE), "--url", camera.url("/"), "--rect", *map(str, VIDEO_RECT), "--name", "press1",
-            "--running-s", "3", "--stopped-s", "3", "--thresholds", "15,25", "--blurs", "0,5", "--dilates", "2",
-            "--out", str(out), "--json", str(report)]
+    args = [
+        sys.executable,
+        str(CALIBRATE),
+        "--url",
+        camera.url("/"),
+        "--rect",
+        *map(str, VIDEO_RECT),
+        "--name",
+        "press1",
+        "--running-s",
+        "3",
+        "--stopped-s",
+        "3",
+        "--thresholds",
+        "15,25",
+        "--blurs",
+        "0,5",
+        "--dilates",
+        "2",
+        "--out",
+        str(out),
+        "--json",
+        str(report),
+    ]
     if via == "snapshot":
         args += ["--snapshot", "--fps", "10"]
-    proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            cwd=ROOT, env=tool_env())
+    proc = subprocess.Popen(
+        args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=tool_env()
+    )
+    assert proc.stdin is not None
     seen: list[str] = []
     try:
         _wait_for_prompt(proc, seen)
@@ -287,9 +364,15 @@ def test_calibrate_live_prompts_for_running_then_stopped(camera, tmp_path, via):
 
 
 def test_calibrate_without_an_answer_on_stdin_says_to_use_labels(camera, tmp_path):
-    proc = subprocess.run([sys.executable, str(CALIBRATE), "--url", camera.url(), "--rect", *map(str, VIDEO_RECT),
-                           "--out", str(tmp_path / "s.yaml")], stdin=subprocess.DEVNULL, capture_output=True,
-                          text=True, timeout=60, cwd=ROOT, env=tool_env())
+    proc = subprocess.run(
+        [sys.executable, str(CALIBRATE), "--url", camera.url(), "--rect", *map(str, VIDEO_RECT), "--out", str(tmp_path / "s.yaml")],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env=tool_env(),
+    )
     assert proc.returncode == 1 and "--labels" in proc.stderr
     assert not (tmp_path / "s.yaml").exists()
 
@@ -300,7 +383,7 @@ def test_page_has_the_region_tool_and_no_external_assets(camera):
     page = body.decode()
     assert status == 200
     assert 'id="sel"' in page and 'id="cmd"' in page and "region add" in page and 'fetch("health"' in page
-    assert "http://" not in page and "https://" not in page and " src=\"page.js\"" not in page
+    assert "http://" not in page and "https://" not in page and ' src="page.js"' not in page
 
 
 def assert_script_parses(script: str) -> None:
@@ -319,11 +402,20 @@ def assert_script_parses(script: str) -> None:
 
 def test_region_meter_measures_like_the_motion_component(tmp_path):
     """The calibration's measure is the daemon's: same fractions frame by frame."""
-    config = Config({"motion.regions": [{"name": "press1", "rect": VIDEO_RECT}], "motion.log_dir": str(tmp_path / "logs"),
-                     "motion.method": "previous", "motion.pixel_threshold": 15, "motion.blur": 5, "motion.dilate": 2})
+    config = Config(
+        {
+            "motion.regions": [{"name": "press1", "rect": VIDEO_RECT}],
+            "motion.log_dir": str(tmp_path / "logs"),
+            "motion.method": "previous",
+            "motion.pixel_threshold": 15,
+            "motion.blur": 5,
+            "motion.dilate": 2,
+        }
+    )
     motion = Motion(config.section("motion"), EventBus(), ComponentStatus("motion"), VIDEO_SIZE, (160, 120))
-    meter = RegionMeter({"name": "press1", "rect": VIDEO_RECT}, VIDEO_SIZE, (160, 120), method="previous",
-                        pixel_threshold=15, blur=5, dilate=2)
+    meter = RegionMeter(
+        {"name": "press1", "rect": VIDEO_RECT}, VIDEO_SIZE, (160, 120), method="previous", pixel_threshold=15, blur=5, dilate=2
+    )
     scene = Scene(VIDEO_SIZE, VIDEO_RECT)
     ring = np.empty((120, 160, 3), np.uint8)
     compared = 0
@@ -354,9 +446,18 @@ DOOR = {"name": "door", "rect": [480, 320, 120, 120]}
 CHART_RUNNING = [(0, 100), (250, 330)]  # first run 0..420 s; the daemon is then down until 600; second run 600..700 running
 
 
-def _motion(log_dir: Path) -> tuple[Motion, list]:
-    config = Config({"motion.regions": [PRESS, DOOR], "motion.window_s": 10.0, "motion.deep_sleep_s": 60.0,
-                     "motion.log_dir": str(log_dir), "motion.log_max_mb": 0.05, "motion.log_keep": 10})
+def _motion(log_dir: Path, log_frames: bool = True) -> tuple[Motion, list]:
+    config = Config(
+        {
+            "motion.regions": [PRESS, DOOR],
+            "motion.window_s": 10.0,
+            "motion.deep_sleep_s": 60.0,
+            "motion.log_dir": str(log_dir),
+            "motion.log_frames": log_frames,
+            "motion.log_frames_max_mb": 0.05,
+            "motion.log_frames_keep": 10,
+        }
+    )
     bus = EventBus(history=100)
     events: list = []
     bus.subscribe("motion.", events.append)
@@ -373,14 +474,14 @@ def _feed(motion: Motion, scene: Scene, start: float, seconds: float, running) -
     return t
 
 
-@pytest.fixture(scope="module")
-def motion_logs(tmp_path_factory):
-    """Logs written by the real motion component: two runs (a restart in between), rotated files."""
-    log_dir = tmp_path_factory.mktemp("motionlogs") / "logs"
+def write_logs(log_dir: Path, per_frame: tuple[bool, bool]) -> list:
+    """Two runs of the real motion component (a restart in between), each with or without per-frame logs."""
     scene = Scene(CHART_RING, [40, 30, 40, 30], seed=5, noise=3.0)
     runs = []
-    for start, seconds, running in ((0.0, 420.0, truth(CHART_RUNNING)), (600.0, 100.0, lambda t: True)):
-        motion, events = _motion(log_dir)
+    for (start, seconds, running), log_frames in zip(
+        ((0.0, 420.0, truth(CHART_RUNNING)), (600.0, 100.0, lambda t: True)), per_frame, strict=True
+    ):
+        motion, events = _motion(log_dir, log_frames)
         motion.start()
         try:
             last = _feed(motion, scene, start, seconds, running)
@@ -388,7 +489,14 @@ def motion_logs(tmp_path_factory):
             motion.stop()
         assert motion.log.stats()["dropped_queue_full"] == 0
         runs.append(([e for e in events if e.kind in ("motion.state", "motion.deep_sleep")], T0_WALL + last))
-    return log_dir, runs
+    return runs
+
+
+@pytest.fixture(scope="module")
+def motion_logs(tmp_path_factory):
+    """Per-frame logs (and the summaries) of two runs, rotated files."""
+    log_dir = tmp_path_factory.mktemp("motionlogs") / "logs"
+    return log_dir, write_logs(log_dir, (True, True))
 
 
 def expected(runs, region: str, start: float = -1e18, end: float = 1e18):
@@ -470,7 +578,7 @@ def test_chart_draws_the_png_and_reports_utilisation_and_idle_periods(motion_log
     assert 100 <= first_stop <= 110 + 1 and 250 <= first_resume <= 260 + 1  # within one window of the truth
     assert press.count('<tr class="change">') == len([e for events, _ in runs for e in events if e.data["region"] == "press1"])
     assert "(machine 7)" in press
-    assert_script_parses(page[page.rindex("<script>") + len("<script>"):page.rindex("</script>")])
+    assert_script_parses(page[page.rindex("<script>") + len("<script>") : page.rindex("</script>")])
 
 
 def test_chart_period_and_region_filters(motion_logs, tmp_path):
@@ -513,3 +621,64 @@ def test_chart_with_empty_missing_or_bad_input(tmp_path):
     assert cv2.imread(str(png)) is not None
     assert "No motion records in this period." in page_file.read_text()
 
+
+@pytest.fixture(scope="module", params=["summaries", "mixed"])
+def summary_logs(request, tmp_path_factory):
+    """The same two runs logged the default way (summaries only), or the second one with per-frame logs too ("today")."""
+    log_dir = tmp_path_factory.mktemp(f"logs-{request.param}") / "logs"
+    return request.param, log_dir, write_logs(log_dir, (False, request.param == "mixed"))
+
+
+def chart_data(page: str, region: str) -> dict:
+    blob = re.search(r'<script type="application/json">(.*?)</script>', section(page, region), re.S)
+    assert blob
+    return json.loads(blob.group(1).replace("<\\/", "</"))
+
+
+def test_chart_reads_the_summaries_alone_and_mixed_with_per_frame_logs(summary_logs, tmp_path):
+    kind, log_dir, runs = summary_logs
+    names = {p.name for p in log_dir.iterdir()}
+    assert "summary_press1.jsonl" in names and "summary_door.jsonl" in names
+    assert ("motion_press1.jsonl" in names) == (kind == "mixed")
+    png, page_file = tmp_path / "motion.png", tmp_path / "motion.html"
+    res = run_tool(CHART, log_dir, "--utc", "--png", png, "--html", page_file, "--width", "1200")
+    assert res.returncode == 0, res.stderr
+    assert "skipped" not in res.stderr
+
+    page = page_file.read_text()
+    utilisation, idle = expected(runs, "press1")
+    shown = re.search(r'data-region="press1">([\d.]+)%<', page)
+    assert shown and abs(float(shown.group(1)) - utilisation * 100) <= 0.06
+    press = section(page, "press1")
+    rows = re.findall(r'<tr class="idle"><td>([^<]*)</td><td>([^<]*)</td><td class="num dur">([^<]*)</td><td>(yes|no)</td>', press)
+    assert len(rows) == len(idle) == 2
+    for (begin, _finish, duration, _deep), (a, b) in zip(rows, idle, strict=True):
+        assert abs(seconds_of(duration) - (b - a)) <= 1
+        assert begin == time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(int(a)))
+    assert "No frame records or summaries" not in page
+
+    # The fraction plot counts every frame once: 420 s and 100 s at 5 fps, from the summaries or the frame records.
+    data = chart_data(page, "press1")
+    count = np.array(data["count"])
+    assert count.sum() == (420 + 100) * 5
+
+    def columns(a: float, b: float) -> slice:
+        return slice(
+            int((a - data["start"]) / (data["end"] - data["start"]) * data["plot"]),
+            int((b - data["start"]) / (data["end"] - data["start"]) * data["plot"]),
+        )
+
+    first_run, down, second_run = (
+        count[columns(T0_WALL, T0_WALL + 415)],
+        count[columns(T0_WALL + 425, T0_WALL + 595)],
+        count[columns(T0_WALL + 605, T0_WALL + 695)],
+    )
+    assert first_run.all() and second_run.all() and not down.any()  # no column without frames while it ran, none while down
+    peak, mean = np.array(data["peak"]), np.array(data["mean"])
+    running_cols = columns(T0_WALL + 20, T0_WALL + 95)
+    stopped_cols = columns(T0_WALL + 130, T0_WALL + 240)
+    assert mean[running_cols].min() > mean[stopped_cols].max() and peak[running_cols].min() > 0
+
+    img = cv2.imread(str(png))
+    for bgr in ((80, 175, 76), (0, 152, 255), (181, 81, 63), (235, 235, 235), (140, 200, 140)):  # bands, and moving bars
+        assert np.all(img == bgr, axis=2).sum() > 100, bgr

@@ -5,6 +5,7 @@ brightness is the scene's light times the exposure it currently runs at (as a
 sensor does), clipped at 255, and switches exposure when the controller asks.
 Scores come from `dark_score` on those frames, as in the capture loop.
 """
+
 from __future__ import annotations
 
 import json
@@ -12,22 +13,23 @@ import logging
 import math
 import re
 import threading
-from datetime import datetime, timezone
+from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 import pytest
 
-from daemon.image import sun
-from daemon.core.bus import EventBus
-from daemon.commands import Registry, Reply, Session
+from daemon.commands import Command, Registry, Reply, Session
 from daemon.config import Config, ConfigError
+from daemon.core.bus import Event, EventBus
+from daemon.image import sun
 from daemon.image.night import DEFAULT_DAY_EXPOSURE_US, NightController, dark_score
 
 GREENWICH = (51.4769, 0.0)
 
 
 def utc(text: str) -> float:
-    return datetime.fromisoformat(text).replace(tzinfo=timezone.utc).timestamp()
+    return datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp()
 
 
 class Camera:
@@ -63,13 +65,20 @@ class Camera:
 
 
 class Rig:
-    def __init__(self, camera: Camera | None = None, wall: float = utc("2024-06-21T12:00:00"), dt: float = 0.1,
-                 command_wait_s: float = 5.0, token: str = "", **night_keys):
+    def __init__(
+        self,
+        camera: Camera | None = None,
+        wall: float = utc("2024-06-21T12:00:00"),
+        dt: float = 0.1,
+        command_wait_s: float = 5.0,
+        token: str = "",
+        **night_keys,
+    ):
         values = {"night.min_dwell_s": 0.0}
         values.update({f"night.{k.replace('__', '.')}": v for k, v in night_keys.items()})
         self.config = Config(values)
         self.bus = EventBus()
-        self.events = []
+        self.events: list[Event] = []
         self.bus.subscribe("night.", self.events.append)
         self.camera = camera or Camera()
         self.ctl = NightController(self.config.section("night"), self.bus, self.camera.apply, command_wait_s=command_wait_s)
@@ -91,12 +100,12 @@ class Rig:
     def run(self, lights) -> list[bool]:
         return [self.step(light) for light in lights]
 
-    def command(self, line: str, session: Session | None = None) -> tuple[str, object]:
+    def command(self, line: str, session: Session | None = None) -> tuple[str, Any]:
         reply = self.registry.dispatch(line, session or Session())
         return parse(reply)
 
 
-def parse(reply: Reply) -> tuple[str, object]:
+def parse(reply: Reply) -> tuple[str, Any]:
     """Decode a reply as a netcat client sees it: the first line, then the JSON body if any."""
     text = reply.encode().decode()
     assert text.endswith("\n\n")
@@ -110,6 +119,7 @@ def flips(flags: list[bool]) -> list[int]:
 
 
 # -- dark_score -----------------------------------------------------------------------------------
+
 
 def test_dark_score_is_the_mean_over_pixels_and_channels():
     assert dark_score(np.full((48, 64, 3), 77, np.uint8)) == pytest.approx(77.0)
@@ -131,6 +141,7 @@ def test_dark_score_refuses_an_empty_frame():
 
 # -- the brightness rule ---------------------------------------------------------------------------
 
+
 def test_light_ramp_down_then_up_switches_once_each_way_at_the_right_frames():
     rig = Rig(min_dark_frames=10, min_bright_frames=10, min_dwell_s=5.0)
     down = [120.5 - i for i in range(121)]  # light < 40 from frame 81 on
@@ -139,7 +150,7 @@ def test_light_ramp_down_then_up_switches_once_each_way_at_the_right_frames():
     flags = rig.run(down + low + up)
 
     assert flips(flags) == [90, len(down) + len(low) + 69]  # the tenth frame past each threshold
-    assert not any(flags[:90]) and all(flags[90:len(down) + len(low) + 69])
+    assert not any(flags[:90]) and all(flags[90 : len(down) + len(low) + 69])
     assert rig.camera.calls == [True, False]
     enter, leave = rig.events
     assert enter.kind == "night.enter" and leave.kind == "night.exit"
@@ -176,7 +187,7 @@ def test_min_dwell_prevents_flapping_when_thresholds_are_crossed_repeatedly():
     assert len(free.switch_times) > 150  # without dwell every burst switches
     times = [t for t, _ in rig.switch_times]
     assert 2 <= len(times) <= 300 / 30 + 1
-    gaps = [b - a for a, b in zip(times, times[1:])]
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
     assert all(gap >= 30.0 - 1e-9 for gap in gaps)
     assert [n for _, n in rig.switch_times] == [i % 2 == 0 for i in range(len(times))]  # strictly alternating
 
@@ -281,14 +292,17 @@ def test_bad_frame_figures_are_ignored_and_never_raise():
     rig = Rig(min_dark_frames=3)
     rig.run([5.5, 5.5])
     before = rig.ctl.level()
-    for score in (math.nan, math.inf, -1.0, "junk", None):
+    # Deliberately ill-typed, as a driver might hand them over.
+    scores: tuple[Any, ...] = (math.nan, math.inf, -1.0, "junk", None)
+    for score in scores:
         assert rig.ctl.update(score, 10_000, 1.0, rig.mono, rig.wall) is False
     after = rig.ctl.level()
     assert after["dark_frames"] == before["dark_frames"] == 2
     assert after["frames"] == before["frames"] and after["score"] == before["score"]
     assert rig.ctl.health()["ignored_frames"] == 5
     # Unusable exposure figures count as "not reported"; the frame itself still counts.
-    for exposure, gain in ((0, 0.0), (-5, -2.0), ("x", True), (math.nan, math.inf), (None, "1.5x")):
+    figures: tuple[tuple[Any, Any], ...] = ((0, 0.0), (-5, -2.0), ("x", True), (math.nan, math.inf), (None, "1.5x"))
+    for exposure, gain in figures:
         rig.ctl.update(50.0, exposure, gain, rig.mono, rig.wall)
         assert rig.ctl.level()["exposure_us"] is None and rig.ctl.level()["gain"] is None
     assert rig.ctl.level()["frames"] == before["frames"] + 5
@@ -296,6 +310,7 @@ def test_bad_frame_figures_are_ignored_and_never_raise():
 
 
 # -- live config ------------------------------------------------------------------------------------
+
 
 def test_live_threshold_changes_apply_on_the_next_frame():
     rig = Rig(Camera(night=(20_000, 1.0)), min_dark_frames=10, min_bright_frames=10)
@@ -348,10 +363,10 @@ def test_changing_night_exposure_at_night_reapplies_the_camera():
 
 # -- the sun ------------------------------------------------------------------------------------------
 
+
 def sun_rig(wall: float, **keys) -> Rig:
     lat, lon = GREENWICH
-    return Rig(wall=wall, min_dark_frames=10, min_bright_frames=10, sun__enabled=True,
-               sun__latitude=lat, sun__longitude=lon, **keys)
+    return Rig(wall=wall, min_dark_frames=10, min_bright_frames=10, sun__enabled=True, sun__latitude=lat, sun__longitude=lon, **keys)
 
 
 def test_sun_high_at_noon_blocks_night_when_the_lens_is_covered():
@@ -426,6 +441,7 @@ def test_sun_gating_off_means_no_sun_figures():
 
 # -- failures -----------------------------------------------------------------------------------------
 
+
 def test_camera_refusing_a_switch_is_survived_counted_and_retried_after_dwell(caplog):
     caplog.set_level(logging.INFO, logger="picamd.night")
     rig = Rig(Camera(failures=2), min_dark_frames=10, min_dwell_s=10.0)
@@ -456,13 +472,25 @@ def test_camera_failure_state_shows_as_degraded_until_it_works():
 
 def test_odd_camera_answers_and_broken_subscribers_do_not_hurt():
     bus_rig = Rig(min_dark_frames=2)
-    bus_rig.ctl._apply_camera = lambda night: None
-    bus_rig.bus.subscribe("night.", lambda event: 1 / 0)
+
+    # Camera callbacks answer with whatever the driver returns: typed Any, as odd answers are the point here.
+    def no_answer(night: bool) -> Any:
+        return None
+
+    def broken(event: Event) -> None:
+        raise ZeroDivisionError("a broken subscriber")
+
+    bus_rig.ctl._apply_camera = no_answer
+    bus_rig.bus.subscribe("night.", broken)
     assert bus_rig.run([5.5] * 2)[-1] is True
     assert bus_rig.events[-1].data["applied"] == {}
     assert bus_rig.bus.errors == 1
     odd = Rig(min_dark_frames=2)
-    odd.ctl._apply_camera = lambda night: "switched"
+
+    def odd_answer(night: bool) -> Any:
+        return "switched"
+
+    odd.ctl._apply_camera = odd_answer
     assert odd.run([5.5] * 2)[-1] is True
     assert odd.events[-1].data["applied"] == {"result": "switched"}
 
@@ -602,11 +630,17 @@ def test_commands_are_listed_in_help():
     rig = Rig()
     reply = rig.registry.dispatch("help")
     text = reply.text
-    assert reply.ok
+    assert reply.ok and text is not None
     assert "night_level" in text and "night day" in text and "night auto" in text
     # Reading is open, changing state needs the token: each (command, subcommand) has its own rule.
-    assert not rig.registry.get("night").mutating and not rig.registry.get("night_level").mutating
-    assert all(rig.registry.get("night", sub).mutating for sub in ("auto", "day", "night"))
+
+    def command(name: str, sub: str = "") -> Command:
+        found = rig.registry.get(name, sub)
+        assert found is not None, (name, sub)
+        return found
+
+    assert not command("night").mutating and not command("night_level").mutating
+    assert all(command("night", sub).mutating for sub in ("auto", "day", "night"))
 
 
 def test_night_auto_when_already_automatic_keeps_the_running_count():

@@ -1,10 +1,13 @@
 """The web page at `/`: daemon/web served self-contained over HTTP, and its JavaScript checked against the real server.
 
 No browser is needed. The page's pure helpers (`picamd` in daemon/web/page.js: multipart reader, frame
-metadata, X-Motion parsing, the `region add` line, the stall decision) run under node when it is
-installed, loaded from the file itself and fed with bytes captured from a real /stream; the command line
-they build is sent to a real daemon's command port. Without node those tests are skipped.
+metadata, X-Motion and X-Detections parsing, the regions' outlines, the `region add` line, the stall
+decision) run under node when it is installed, loaded from the file itself and fed with bytes captured
+from a real /stream; the command line they build is sent to a real daemon's command port. Without node
+those tests are skipped. Where Chromium is installed, the page also runs in it headless against a real
+daemon, and what it drew over the image is read back from its DOM.
 """
+
 from __future__ import annotations
 
 import base64
@@ -17,11 +20,11 @@ import subprocess
 import time
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import Any
 
-import cv2
-import numpy as np
 import pytest
 from daemon_proc import Daemon, replies, reply_json, wait_for
+from images import decode_jpeg
 from rigs import HttpRig, request
 
 from daemon import web
@@ -32,16 +35,47 @@ pytestmark = pytest.mark.timeout(120)
 
 W, H = 320, 240
 MOTION = "press1=0.1234:RUNNING;door=0.0000:SETTLING"
-PAGE_PATHS = {"stream", "meta", "health", "snapshot.jpg"}
+PAGE_PATHS = {"stream", "meta", "health", "snapshot.jpg", "regions", "detections"}
 WEB = Path(web.__file__).parent
 PAGE_JS = WEB / "page.js"
 NODE = shutil.which("node")
 needs_node = pytest.mark.skipif(NODE is None, reason="node is not installed")
+CHROMIUM = next((p for p in (shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome")) if p), None)
+needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed")
+
+
+def page_dom(port: int, budget_ms: int = 6000) -> str:
+    """The page's DOM after it has run for `budget_ms` of virtual time in headless Chromium (streaming frames meanwhile)."""
+    proc = subprocess.run(
+        [
+            CHROMIUM or "chromium",
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            f"--virtual-time-budget={budget_ms}",
+            "--dump-dom",
+            f"http://127.0.0.1:{port}/",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert proc.returncode == 0 and "<html" in proc.stdout, proc.stderr[-2000:]
+    return proc.stdout
 
 
 def frame_meta(fid: int) -> FrameMeta:
-    return FrameMeta(frame_id=fid, ts=time.time(), mono=time.monotonic(), dark_score=90.5, night=fid % 2 == 0,
-                     exposure_us=20000, gain=2.0, extra={"motion": MOTION, "motion_settling": True})
+    return FrameMeta(
+        frame_id=fid,
+        ts=time.time(),
+        mono=time.monotonic(),
+        dark_score=90.5,
+        night=fid % 2 == 0,
+        exposure_us=20000,
+        gain=2.0,
+        extra={"motion": MOTION, "motion_settling": True},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -68,20 +102,21 @@ def stream_bytes(port: int, parts: int = 4) -> bytes:
 
 def split_parts(body: bytes) -> list[tuple[dict[str, str], bytes]]:
     """Whole parts of a multipart/x-mixed-replace body, read by Content-Length (independently of the page's reader)."""
-    parts, pos = [], 0
+    parts: list[tuple[dict[str, str], bytes]] = []
+    pos = 0
     while True:
         start = body.find(b"--frame\r\n", pos)
         end = body.find(b"\r\n\r\n", start)
         if start < 0 or end < 0:
             return parts
-        headers = {}
-        for line in body[start + 9:end].decode("ascii").split("\r\n"):
+        headers: dict[str, str] = {}
+        for line in body[start + 9 : end].decode("ascii").split("\r\n"):
             name, _, value = line.partition(":")
             headers[name.strip().lower()] = value.strip()
         length = int(headers["content-length"])
         if len(body) < end + 4 + length:
             return parts
-        parts.append((headers, body[end + 4:end + 4 + length]))
+        parts.append((headers, body[end + 4 : end + 4 + length]))
         pos = end + 4 + length
 
 
@@ -136,6 +171,7 @@ def csp_hash(text: str) -> str:
 
 # --- served, self-contained, consistent -------------------------------------------------------------
 
+
 def test_page_is_served_with_headers_that_allow_only_its_own_scripts(rig):
     headers, page, parser = fetch_page(rig.port)
     assert headers["content-type"] == "text/html; charset=utf-8" and headers["cache-control"] == "no-store"
@@ -170,13 +206,15 @@ def test_page_references_only_the_daemons_own_paths_and_each_one_answers(rig):
 
     status, headers, body = request(rig.port, "/snapshot.jpg")
     assert status == 200 and headers["content-type"] == "image/jpeg" and int(headers["x-frame-id"]) >= 1
-    assert cv2.imdecode(np.frombuffer(body, np.uint8), cv2.IMREAD_COLOR).shape == (H, W, 3)
+    assert decode_jpeg(body).shape == (H, W, 3)
     status, headers, body = request(rig.port, "/meta")
     assert status == 200 and json.loads(body)["motion"] == MOTION
     status, headers, body = request(rig.port, "/health")
     assert status == 200 and json.loads(body)["camera"]["frame_size"] == [W, H]
+    status, headers, body = request(rig.port, "/regions")  # a server with no motion outlines nothing
+    assert status == 200 and json.loads(body)["regions"] == []
     parts = split_parts(stream_bytes(rig.port, parts=2))
-    assert all(cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR).shape == (H, W, 3) for _, jpeg in parts)
+    assert all(decode_jpeg(jpeg).shape == (H, W, 3) for _, jpeg in parts)
 
 
 def test_every_element_the_script_uses_is_in_the_page(rig):
@@ -203,15 +241,16 @@ def test_unknown_methods_and_paths_do_not_reach_the_page(rig):
 
 # --- the page's JavaScript under node ----------------------------------------------------------------
 
-def run_node(tmp_path: Path, program: str, stdin: bytes = b"") -> object:
+
+def run_node(tmp_path: Path, program: str, stdin: bytes = b"") -> Any:
     """Runs `program` with daemon/web/page.js loaded (with no document it only defines `picamd`); returns what it prints as JSON."""
     script = tmp_path / "page_check.js"
     script.write_text(
         "const vm = require('vm');\n"
         f"const picamd = vm.runInThisContext(require('fs').readFileSync({json.dumps(str(PAGE_JS))}, 'utf8') + '\\n;picamd;');\n"
-        "const input = require('fs').readFileSync(0);\n"
-        + program
+        "const input = require('fs').readFileSync(0);\n" + program
     )
+    assert NODE is not None
     proc = subprocess.run([NODE, str(script)], input=stdin, capture_output=True, timeout=60)
     assert proc.returncode == 0, proc.stderr.decode(errors="replace")
     return json.loads(proc.stdout)
@@ -219,11 +258,28 @@ def run_node(tmp_path: Path, program: str, stdin: bytes = b"") -> object:
 
 @needs_node
 def test_page_js_passes_node_check_and_loads_without_a_document(tmp_path):
+    assert NODE is not None
     check = subprocess.run([NODE, "--check", str(PAGE_JS)], capture_output=True, text=True, timeout=60)
     assert check.returncode == 0, check.stderr
     helpers = run_node(tmp_path, "console.log(JSON.stringify(Object.keys(picamd).sort()));\n")
-    assert helpers == sorted(["boundaryOf", "MultipartReader", "frameFromHeaders", "frameFromMeta", "parseMotion", "nameProblem",
-                              "regionCommand", "stallAction", "formatDuration", "formatExposure"])
+    assert helpers == sorted(
+        [
+            "boundaryOf",
+            "MultipartReader",
+            "frameFromHeaders",
+            "frameFromMeta",
+            "parseMotion",
+            "nameProblem",
+            "regionCommand",
+            "stallAction",
+            "formatDuration",
+            "formatExposure",
+            "healthSummary",
+            "parseDetections",
+            "peopleSummary",
+            "regionOutlines",
+        ]
+    )
 
 
 def test_the_loader_refuses_files_that_would_break_the_page():
@@ -272,6 +328,7 @@ console.log(JSON.stringify(results));
             assert fields["dark_score"] == 90.5 and fields["night"] == (headers["x-night"] == "1")
             assert fields["exposure_us"] == 20000 and fields["gain"] == 2.0 and fields["motion"] == MOTION
             assert fields["other"] == {"motion-settling": "true"}
+            assert fields["detections"] is None and fields["people"] is None  # no detector here
 
 
 @needs_node
@@ -330,25 +387,43 @@ def test_region_command_line_and_every_refusal(tmp_path):
         ("min infinite", [0.1, 0.1, 0.5, 0.5], [640, 480], "a", "1e999", []),
         ("min fractional pixels", [0.1, 0.1, 0.5, 0.5], [640, 480], "a", "2.5", []),
     ]
-    program = "const cases = JSON.parse(input);\nconsole.log(JSON.stringify(Object.fromEntries(cases.map(([label, ...args]) =>\n" \
-              "  [label, picamd.regionCommand(...args, 'http://127.0.0.1:8080')]))));\n"
+    program = (
+        "const cases = JSON.parse(input);\nconsole.log(JSON.stringify(Object.fromEntries(cases.map(([label, ...args]) =>\n"
+        "  [label, picamd.regionCommand(...args, 'http://127.0.0.1:8080')]))));\n"
+    )
     out = run_node(tmp_path, program, json.dumps(cases).encode())
 
     assert out["plain"]["command"] == "region add press1 655 230 308 200" and out["plain"]["error"] == ""
     assert out["plain"]["fractions"] == "0.6400 0.3000 0.3000 0.2600"
     assert out["plain"]["pixels"] == {"x": 655, "y": 230, "w": 308, "h": 200, "frameWidth": 1024, "frameHeight": 768}
-    assert out["plain"]["calibrate"] == "python tools/calibrate.py --url http://127.0.0.1:8080 --name press1 --rect 655 230 308 200"
+    assert (
+        out["plain"]["calibrate"] == ".venv/bin/python tools/calibrate.py --url http://127.0.0.1:8080 --name press1 --rect 655 230 308 200"
+    )
     assert out["min fraction"]["command"] == "region add door 64 48 256 192 0.05"
     assert out["min pixels"]["command"] == "region add all 0 0 640 480 300"
     assert out["min normalised"]["command"] == "region add a 0 0 320 240 0.1"
 
     refused = {
-        "no frame size": "waiting for the first frame", "too small": "larger rectangle", "empty name": "give the region a name",
-        "space": "cannot contain", "equals": "cannot contain", "semicolon": "cannot contain", "colon": "cannot contain",
-        "comma": "cannot contain", "quote": "cannot contain", "backslash": "cannot contain", "tab": "cannot contain",
-        "zero width space": "cannot contain", "too long": "longer than 64", "taken": "exists already",
-        "min zero": "above 0", "min negative": "above 0", "min text": "above 0", "min hex": "above 0",
-        "min infinite": "above 0", "min fractional pixels": "whole number",
+        "no frame size": "waiting for the first frame",
+        "too small": "larger rectangle",
+        "empty name": "give the region a name",
+        "space": "cannot contain",
+        "equals": "cannot contain",
+        "semicolon": "cannot contain",
+        "colon": "cannot contain",
+        "comma": "cannot contain",
+        "quote": "cannot contain",
+        "backslash": "cannot contain",
+        "tab": "cannot contain",
+        "zero width space": "cannot contain",
+        "too long": "longer than 64",
+        "taken": "exists already",
+        "min zero": "above 0",
+        "min negative": "above 0",
+        "min text": "above 0",
+        "min hex": "above 0",
+        "min infinite": "above 0",
+        "min fractional pixels": "whole number",
     }
     for label, why in refused.items():
         assert why in out[label]["error"], (label, out[label])
@@ -382,18 +457,110 @@ console.log(JSON.stringify({
 }));
 """
     out = run_node(tmp_path, program)
-    assert out["stall"] == ["live", "live", "live", "probe", "down", "waiting", "reconnect", "waiting", "waiting",
-                            "waiting", "reconnect", "waiting", "reconnect"]
-    assert out["motion"] == [[{"name": "press1", "fraction": 0.1234, "state": "RUNNING"},
-                              {"name": "door", "fraction": 0, "state": "DEEP_SLEEP"}], None, None, None, None,
-                             [{"name": "a", "fraction": 1e-05, "state": "STOPPED"}]]
+    assert out["stall"] == [
+        "live",
+        "live",
+        "live",
+        "probe",
+        "down",
+        "waiting",
+        "reconnect",
+        "waiting",
+        "waiting",
+        "waiting",
+        "reconnect",
+        "waiting",
+        "reconnect",
+    ]
+    assert out["motion"] == [
+        [{"name": "press1", "fraction": 0.1234, "state": "RUNNING"}, {"name": "door", "fraction": 0, "state": "DEEP_SLEEP"}],
+        None,
+        None,
+        None,
+        None,
+        [{"name": "a", "fraction": 1e-05, "state": "STOPPED"}],
+    ]
     assert out["durations"] == ["0 s", "59 s", "1 min 00 s", "59 min 59 s", "1 h 00 min", "23 h 59 min", "1 d 1 h", "-", "-"]
     assert out["exposures"] == [None, "250 \u00b5s", "10.0 ms", "333 ms", "1.00 s", "112 s"]
-    assert out["meta"] == {"frame_id": 7, "ts": 1.5, "dark_score": 3, "night": True, "exposure_us": None, "gain": None,
-                           "motion": "a=0.5000:RUNNING", "other": {"motion-settling": "true", "note": "x"}}
+    assert out["meta"] == {
+        "frame_id": 7,
+        "ts": 1.5,
+        "dark_score": 3,
+        "night": True,
+        "exposure_us": None,
+        "gain": None,
+        "motion": "a=0.5000:RUNNING",
+        "detections": None,
+        "people": None,
+        "other": {"motion-settling": "true", "note": "x"},
+    }
+
+
+@needs_node
+def test_detections_people_and_region_outlines_for_drawing(tmp_path):
+    # X-Detections as the daemon sends it: frame 41 at 640x480, two people in a group and a cup; one malformed entry.
+    tag = {
+        "f": 41,
+        "t": 1.5,
+        "s": [640, 480],
+        "g": [[0, 1]],
+        "d": [
+            [64, 48, 192, 432, 0.91, "person", 3],
+            [320, 96, 448, 480, 0.77, "person", 4],
+            [500, 400, 540, 440, 0.55, "cup", 0],
+            [10, 10, 5, 5, 0.9, "person", 9],
+        ],
+    }
+    program = (
+        "const [tag, regions] = JSON.parse(input);\nconsole.log(JSON.stringify({\n"
+        "  parsed: picamd.parseDetections(JSON.stringify(tag)),\n"
+        "  fromHeaders: picamd.frameFromHeaders({'x-frame-id': '42', 'x-detections': JSON.stringify(tag), 'x-people': '2'}),\n"
+        "  fromMeta: picamd.frameFromMeta({frame_id: 42, detections: tag, people: 2}),\n"
+        "  bad: [picamd.parseDetections('not json'), picamd.parseDetections('{\"d\": []}'), picamd.parseDetections(null),\n"
+        "        picamd.parseDetections({s: [0, 0], d: []})],\n"
+        "  summaries: [picamd.peopleSummary(2, picamd.parseDetections(tag)),\n"
+        "              picamd.peopleSummary(3, picamd.parseDetections(tag)),\n"
+        "              picamd.peopleSummary(1, null), picamd.peopleSummary(0, picamd.parseDetections({s: [1, 1], d: []})),\n"
+        "              picamd.peopleSummary(null, null)],\n"
+        "  outlines: picamd.regionOutlines(regions, {press1: 'RUNNING'}),\n"
+        "  noOutlines: [picamd.regionOutlines(null), picamd.regionOutlines({frame: null, regions: []})],\n"
+        "}));\n"
+    )
+    regions = {
+        "frame": [640, 480],
+        "regions": [
+            {"name": "press1", "points": [[384, 144], [576, 144], [576, 288], [384, 288]], "state": "STOPPED"},
+            {"name": "tri", "points": [[64, 48], [192, 48], [128, 192]], "state": "DEEP_SLEEP"},
+            {"name": "broken", "points": [[1, 2]]},
+        ],
+    }
+    out = run_node(tmp_path, program, json.dumps([tag, regions]).encode())
+    parsed = out["parsed"]
+    assert parsed["frameId"] == 41 and parsed["groups"] == [[0, 1]]
+    assert len(parsed["boxes"]) == 3  # the box with x2 < x1 is left out
+    first = parsed["boxes"][0]
+    assert first["x"] == pytest.approx(0.1) and first["y"] == pytest.approx(0.1) and first["w"] == pytest.approx(0.2)
+    assert first["h"] == pytest.approx(0.8) and first["text"] == "person #3 0.91" and first["group"] == 1 and first["track"] == 3
+    assert parsed["boxes"][2]["text"] == "cup 0.55" and parsed["boxes"][2]["group"] == 0
+    assert out["fromHeaders"]["people"] == 2 and out["fromHeaders"]["detections"] == parsed and out["fromHeaders"]["other"] == {}
+    assert out["fromMeta"]["people"] == 2 and out["fromMeta"]["detections"] == parsed and out["fromMeta"]["other"] == {}
+    assert out["bad"] == [None, None, None, None]
+    assert out["summaries"] == [
+        "2 people in view: 1 group of 2",
+        "3 people in view: 1 group of 2, 1 alone",
+        "1 person in view",
+        "no one in view",
+        "no detection result (detection is off, or nothing has been computed yet)",
+    ]
+    assert out["outlines"] == [
+        {"name": "press1", "points": [[0.6, 0.3], [0.9, 0.3], [0.9, 0.6], [0.6, 0.6]], "state": "RUNNING"},  # the frame's state wins
+        {"name": "tri", "points": [[0.1, 0.1], [0.3, 0.1], [0.2, 0.4]], "state": "DEEP_SLEEP"},
+    ]
+    assert out["noOutlines"] == [[], []]
 
 
 # --- against the real daemon ---------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory):
@@ -419,15 +586,37 @@ def test_the_daemon_serves_what_the_page_reads(daemon):
     assert isinstance(meta["frame_id"], int) and re.fullmatch(r"machine=\d\.\d{4}:[A-Z_]+", meta["motion"])
     status, headers, jpeg = daemon.http("/snapshot.jpg")
     assert status == 200 and int(headers["X-Frame-Id"]) >= 1
-    assert cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR).shape == (480, 640, 3)
+    assert decode_jpeg(jpeg).shape == (480, 640, 3)
+    # The outlines the page draws, in full-frame pixels: the region given in fractions, as the camera measures it.
+    outlines = json.loads(daemon.http("/regions")[2])
+    assert outlines["frame"] == [640, 480]
+    machine = next(r for r in outlines["regions"] if r["name"] == "machine")
+    assert machine["points"] == [[384, 144], [576, 144], [576, 288], [384, 288]] and machine["bbox"] == [384, 144, 192, 144]
+    assert machine["state"] in ("UNKNOWN", "RUNNING", "STOPPED", "DEEP_SLEEP", "SETTLING")
+
+
+@needs_chromium
+def test_in_chromium_the_page_shows_frames_and_outlines_the_regions(daemon):
+    dom = page_dom(daemon.http_port)
+    parser = PageParser()
+    parser.feed(dom)
+    marks = dom[dom.index('id="region-marks"') : dom.index('id="box-marks"')]
+    polygons = re.findall(r'<polygon points="([^"]+)" class="([A-Z_]+)"', marks)
+    assert ("0.6,0.3 0.9,0.3 0.9,0.6 0.6,0.6", polygons[0][1]) in polygons, marks
+    assert re.search(r'<span class="region"[^>]*left: 60%; top: 30%;[^>]*>machine [A-Z_]+</span>', dom)
+    frame_id = re.search(r'id="frame_id" class="num">(\d+)<', dom)
+    assert frame_id and int(frame_id.group(1)) >= 1, "no frame was shown"
+    assert 'id="people" class="num">no detection result' in dom  # detection is off here
 
 
 @needs_node
 def test_the_line_the_page_builds_is_accepted_by_the_command_port(daemon, tmp_path):
     health = json.loads(daemon.http("/health")[2])
     taken = list(health["motion"]["regions"])
-    program = "const [rect, size, name, min, taken] = JSON.parse(input);\n" \
-              "console.log(JSON.stringify(picamd.regionCommand(rect, size, name, min, taken, 'x')));\n"
+    program = (
+        "const [rect, size, name, min, taken] = JSON.parse(input);\n"
+        "console.log(JSON.stringify(picamd.regionCommand(rect, size, name, min, taken, 'x')));\n"
+    )
 
     def build(rect, name, min_text=""):
         return run_node(tmp_path, program, json.dumps([rect, health["camera"]["frame_size"], name, min_text, taken]).encode())

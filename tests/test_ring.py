@@ -1,4 +1,5 @@
 """Ring buffer: preallocation, queries by count/time, copies, and readers never seeing torn frames."""
+
 from __future__ import annotations
 
 import threading
@@ -28,9 +29,12 @@ def test_wraps_and_keeps_newest_in_order():
 def test_readers_get_copies():
     ring = Ring(3, 2, 2)
     fill(ring, 1)
-    frame, meta = ring.latest()
+    latest = ring.latest()
+    assert latest is not None
+    frame, meta = latest
     frame[:] = 99
-    assert int(ring.latest()[0][0, 0, 0]) == 1
+    again = ring.latest()
+    assert again is not None and int(again[0][0, 0, 0]) == 1
 
 
 def test_last_seconds_uses_timestamps_not_frame_rate():
@@ -43,8 +47,18 @@ def test_last_seconds_uses_timestamps_not_frame_rate():
     assert [m.frame_id for m in metas] == [6, 7, 8]
     _, metas = ring.last_seconds(100.0, limit=3)
     assert [m.frame_id for m in metas] == [6, 7, 8]
-    frame, meta = ring.nearest(1005.04)
-    assert meta.frame_id == 5
+    nearest = ring.nearest(1005.04)
+    assert nearest is not None and nearest[1].frame_id == 5
+
+
+def test_last_seconds_ignores_a_wall_clock_step():
+    ring = Ring(50, 2, 2)
+    for k in range(1, 11):  # 10 frames, 0.5 s apart; the wall clock steps back an hour after frame 5
+        ring.next_slot()[:] = k
+        wall = 5000.0 + 0.5 * k - (3600.0 if k > 5 else 0.0)
+        ring.commit(FrameMeta(frame_id=k, ts=wall, mono=100.0 + 0.5 * k))
+    _, metas = ring.last_seconds(2.0)
+    assert [m.frame_id for m in metas] == [6, 7, 8, 9, 10]
 
 
 def test_empty_ring_queries():
@@ -80,7 +94,7 @@ def test_no_torn_frames_under_concurrent_writes():
                 if f.min() != f.max() or int(f[0, 0, 0]) != m.frame_id % 256:
                     torn.append(m.frame_id)
             frames, metas = ring.last_n(4)
-            for f, m in zip(frames, metas):
+            for f, m in zip(frames, metas, strict=False):
                 if f.min() != f.max() or int(f[0, 0, 0]) != m.frame_id % 256:
                     torn.append(m.frame_id)
     finally:
@@ -97,7 +111,7 @@ def test_wait_newer_wakes_on_commit():
     t.start()
     fill(ring, 1, first_id=2)
     t.join(10)
-    assert got and got[0][1].frame_id == 2
+    assert got and got[0] is not None and got[0][1].frame_id == 2
 
 
 def test_latest_slot():
@@ -105,7 +119,8 @@ def test_latest_slot():
     assert slot.get() is None and slot.wait_newer(0, 0.01) is None
     a = np.zeros((2, 2, 3), np.uint8)
     slot.put(a, FrameMeta(frame_id=3, ts=1.0, mono=1.0))
-    assert slot.wait_newer(2, 0.01)[1].frame_id == 3
+    newer = slot.wait_newer(2, 0.01)
+    assert newer is not None and newer[1].frame_id == 3
     assert slot.wait_newer(3, 0.01) is None
 
 

@@ -1,4 +1,5 @@
 """Frame sources: synthetic scene, OpenCV (file, HTTP MJPEG), Picamera2 (against the stand-in), source choice."""
+
 from __future__ import annotations
 
 import socket
@@ -7,6 +8,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -44,7 +46,7 @@ def synthetic(**values) -> tuple[SyntheticSource, Config]:
 
 
 def read_frames(src, n: int, timeout: float = 5.0) -> list[tuple[np.ndarray, dict]]:
-    out = []
+    out: list[tuple[np.ndarray, dict]] = []
     while len(out) < n:
         got = src.read(timeout)
         assert got is not None, "source gave no frame within the timeout"
@@ -59,6 +61,7 @@ def rect_slice(rect):
 
 # --- synthetic scene ---------------------------------------------------------------------------
 
+
 def test_synthetic_same_seed_same_frames_and_different_seed_differs():
     a, _ = synthetic(**{"synthetic.seed": 7})
     b, _ = synthetic(**{"synthetic.seed": 7})
@@ -67,7 +70,7 @@ def test_synthetic_same_seed_same_frames_and_different_seed_differs():
         fa = read_frames(a, 4)
         fb = read_frames(b, 4)
         fc = read_frames(c, 4)
-        for (x, ix), (y, iy) in zip(fa, fb):
+        for (x, ix), (y, iy) in zip(fa, fb, strict=False):
             assert np.array_equal(x, y)
             assert ix == iy
         assert not np.array_equal(fa[2][0], fc[2][0])
@@ -79,7 +82,9 @@ def test_synthetic_same_seed_same_frames_and_different_seed_differs():
         assert np.array_equal(fa[0][0], first_copy)
         assert fa[0][0].dtype == np.uint8 and fa[0][0].shape == (240, 320, 3)
     finally:
-        a.close(), b.close(), c.close()
+        a.close()
+        b.close()
+        c.close()
 
 
 def test_synthetic_paces_to_the_frame_rate_and_honours_the_timeout():
@@ -103,7 +108,7 @@ def test_synthetic_paces_to_the_frame_rate_and_honours_the_timeout():
         assert src.describe()["framerate"] == 0.5  # refused values changed nothing
 
         # a read waiting for its frame returns as soon as the source is closed
-        result = {}
+        result: dict[str, tuple[np.ndarray, dict[str, Any]] | None] = {}
         t = threading.Thread(target=lambda: result.setdefault("r", src.read(30.0)))
         t.start()
         time.sleep(0.1)
@@ -161,7 +166,8 @@ def test_night_frames_are_dark_until_night_exposure_and_day_equivalent_matches()
         assert back["night"] is False and back["exposure_us"] == DAY_EXPOSURE_US
         assert night.frame_at(0.0)[1]["exposure_us"] == DAY_EXPOSURE_US
     finally:
-        noon.close(), night.close()
+        noon.close()
+        night.close()
 
 
 def test_still_night_mode_slows_frames_to_the_exposure_and_slow_video_auto_exposes():
@@ -229,17 +235,18 @@ def test_people_boxes_cover_what_is_drawn():
             for x, y, w, h in boxes:
                 assert 0 <= x and 0 <= y and x + w <= 400 and y + h <= 300 and w > 0 and h > 0
                 if x > 0 and x + w < 400:
-                    assert drawn[y:y + h, x:x + w].mean() > 0.2  # a whole figure fills a good part of its box
+                    assert drawn[y : y + h, x : x + w].mean() > 0.2  # a whole figure fills a good part of its box
                 else:
-                    assert drawn[y:y + h, x:x + w].any()  # one leaving the frame shows at least a part
-                covered[y:y + h, x:x + w] = True
+                    assert drawn[y : y + h, x : x + w].any()  # one leaving the frame shows at least a part
+                covered[y : y + h, x : x + w] = True
                 # people stay out of the machine's rectangle
                 mx, my, mw, mh = people.machine_rect()
                 assert x + w <= mx or y + h <= my or y >= my + mh
             assert not (drawn & ~covered).any()  # nothing of a person is drawn outside the boxes
         assert seen_people >= 4
     finally:
-        people.close(), empty.close()
+        people.close()
+        empty.close()
 
 
 def test_hflip_vflip_mirror_the_frame_and_the_truth():
@@ -251,16 +258,18 @@ def test_hflip_vflip_mirror_the_frame_and_the_truth():
         assert np.array_equal(b, a[::-1, ::-1])
         x, y, w, h = plain.machine_rect()
         assert flipped.machine_rect() == (320 - x - w, 240 - y - h, w, h)
-        for (x, y, w, h), fb in zip(plain.truth(12.0)["people_boxes"], flipped.truth(12.0)["people_boxes"]):
+        for (x, y, w, h), fb in zip(plain.truth(12.0)["people_boxes"], flipped.truth(12.0)["people_boxes"], strict=False):
             assert fb == (320 - x - w, 240 - y - h, w, h)
     finally:
-        plain.close(), flipped.close()
+        plain.close()
+        flipped.close()
 
 
 # --- OpenCV: video files -----------------------------------------------------------------------
 
+
 def write_video(path: Path, frames: int = 24, fps: float = 40.0, size=(160, 120)) -> Path:
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, size)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), fps, size)
     assert writer.isOpened()
     for i in range(frames):
         img = np.full((size[1], size[0], 3), 10 + i * 9, np.uint8)
@@ -293,7 +302,7 @@ def test_opencv_video_file_plays_to_the_end(tmp_path):
                     frames.append(got[0])
                     levels.append(float(got[0][:, :, 0].mean()))
         assert len(levels) >= 18  # all or nearly all 24 frames, in order
-        assert all(b > a for a, b in zip(levels, levels[1:]))
+        assert all(b > a for a, b in zip(levels, levels[1:], strict=False))
         assert not np.shares_memory(frames[0], frames[1])
         with pytest.raises(SourceError):
             src.read(0.1)  # stays finished until reopened
@@ -306,7 +315,8 @@ def test_opencv_video_file_loops(tmp_path):
     src = opencv_source(video, **{"camera.loop_video": True})
     src.open()
     try:
-        levels, loops = [], []
+        levels: list[float] = []
+        loops: list[int] = []
         deadline = time.monotonic() + 20
         while len(levels) < 30 and time.monotonic() < deadline:
             got = src.read(2.0)
@@ -315,7 +325,7 @@ def test_opencv_video_file_loops(tmp_path):
                 loops.append(got[1]["video_loops"])
         assert len(levels) == 30
         assert max(loops) >= 1
-        assert any(b < a - 40 for a, b in zip(levels, levels[1:]))  # back to the dark first frame
+        assert any(b < a - 40 for a, b in zip(levels, levels[1:], strict=False))  # back to the dark first frame
     finally:
         src.close()
 
@@ -348,6 +358,7 @@ def test_opencv_bad_inputs(tmp_path):
 
 
 # --- OpenCV: an HTTP MJPEG stream that dies or hangs --------------------------------------------
+
 
 class MjpegServer:
     """A small multipart/x-mixed-replace server, like another picamd's /stream."""
@@ -441,6 +452,7 @@ def test_opencv_http_stream_that_hangs_gives_none_within_the_timeout():
 
 
 # --- Picamera2 against the stand-in ----------------------------------------------------------------
+
 
 def picam(mod, **values) -> tuple[Picamera2Source, Config]:
     cfg = Config({"camera.width": 320, "camera.height": 240, "camera.framerate": 10.0, **values})
@@ -583,8 +595,9 @@ def test_stand_in_caps_exposure_at_the_frame_duration_like_the_real_camera():
     try:
         with pytest.raises(RuntimeError):
             cam.capture_request()  # before start
-        config = cam.create_video_configuration(main={"size": (320, 240), "format": "RGB888"},
-                                                controls={"AeEnable": False, "ExposureTime": 1_000_000})
+        config = cam.create_video_configuration(
+            main={"size": (320, 240), "format": "RGB888"}, controls={"AeEnable": False, "ExposureTime": 1_000_000}
+        )
         cam.configure(config)
         cam.start()
         with pytest.raises(RuntimeError, match="stopped before configuring"):
@@ -666,6 +679,7 @@ def test_picamera2_full_resolution_capture_then_stream_continues():
 
 # --- choosing the source and listing cameras -------------------------------------------------------
 
+
 def test_build_source_for_each_override(tmp_path):
     cfg = Config({"camera.device": str(tmp_path / "absent-video0")})
     src, why = build_source(cfg, "synthetic")
@@ -712,7 +726,7 @@ def test_list_cameras_with_the_stand_in(tmp_path):
     pis = found["picamera2"]["cameras"]
     assert [c["model"] for c in pis] == ["imx219", "ov5647"]
     assert pis[0]["exposure_time_us"]["max"] == 11766829 and pis[1]["exposure_time_us"]["max"] == 969249
-    assert {"size": [1640, 1232], "bit_depth": 10, "fps": 41.85} .items() <= pis[0]["sensor_modes"][1].items()
+    assert {"size": [1640, 1232], "bit_depth": 10, "fps": 41.85}.items() <= pis[0]["sensor_modes"][1].items()
     assert all(c["opens"] for c in pis) and not any(c.in_use for c in mod.cameras)
     assert found["v4l2"] == [{"device": str(tmp_path / "video0"), "name": None, "opens": False, "error": found["v4l2"][0]["error"]}]
 

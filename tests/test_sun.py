@@ -1,8 +1,9 @@
 """The sun's position against published figures (NOAA Solar Calculator, almanac sunrise and sunset times)."""
+
 from __future__ import annotations
 
 import math
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -14,7 +15,7 @@ TROMSO = (69.6492, 18.9553)
 
 
 def utc(text: str) -> float:
-    return datetime.fromisoformat(text).replace(tzinfo=timezone.utc).timestamp()
+    return datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp()
 
 
 def minutes_apart(a: float, b: float) -> float:
@@ -127,14 +128,17 @@ def test_the_poles_and_the_date_line_work():
     assert east > 89.0
 
 
-@pytest.mark.parametrize("lat, lon, ts", [
-    (91.0, 0.0, 1.7e9),
-    (-90.5, 0.0, 1.7e9),
-    (0.0, 180.5, 1.7e9),
-    (math.nan, 0.0, 1.7e9),
-    (0.0, math.inf, 1.7e9),
-    (0.0, 0.0, math.nan),
-])
+@pytest.mark.parametrize(
+    "lat, lon, ts",
+    [
+        (91.0, 0.0, 1.7e9),
+        (-90.5, 0.0, 1.7e9),
+        (0.0, 180.5, 1.7e9),
+        (math.nan, 0.0, 1.7e9),
+        (0.0, math.inf, 1.7e9),
+        (0.0, 0.0, math.nan),
+    ],
+)
 def test_impossible_places_and_times_are_refused(lat, lon, ts):
     with pytest.raises(ValueError):
         sun.sun_altitude(lat, lon, ts)

@@ -17,6 +17,19 @@ display and an OpenCV with window support; opencv-python-headless has none),
 or copied from the daemon's web page (`http://HOST:8080/`: drag a rectangle
 over the image, it shows the `--rect` numbers).
 
+A video's frames are timed by their timestamps (OpenCV's position of each
+frame; ffprobe's when OpenCV gives none), not by the file's nominal frame
+rate: ffmpeg and OpenCV call an MJPEG stream 25 fps whatever its real rate,
+so a recording of a picamd stream keeps its real times only when made with
+wall-clock timestamps, e.g.
+
+    ffmpeg -use_wallclock_as_timestamps 1 -i http://raspberrypi:8080/stream -c copy rec.mkv
+
+(a file without timestamps is timed by its nominal rate, with a warning, or
+by `--video-fps`). `--labels` count seconds from the first frame. A label
+with fewer than 30 frames of RUNNING or of STOPPED is too few to judge: the
+scores are printed with that warning, never as a result.
+
 Every frame is scaled to the daemon's ring size and measured with the
 daemon's own code (`daemon.motion.RegionMeter`) once per candidate setting:
 `--thresholds` (pixel_threshold) x `--blurs` x `--dilates` x `--methods`, plus
@@ -45,6 +58,7 @@ config.yaml, and the command lines that apply it live are printed.
 Exit status: 0 done, 1 an error (the message says what to fix), 2 bad usage,
 130 interrupted.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,26 +68,35 @@ import json
 import math
 import os
 import re
+import shutil
+import subprocess
 import sys
 import time
 import urllib.parse
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 TOOLS = Path(__file__).resolve().parent
 ROOT = TOOLS.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # run from a checkout or an installed copy without installing the package
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-import yaml  # noqa: E402
+try:
+    import cv2
+    import numpy as np
+    import yaml
+except ImportError as exc:  # the system Python, say: OpenCV and numpy are in the venv's
+    sys.exit(
+        f"{Path(__file__).name}: needs {exc.name or 'OpenCV'}, which {sys.executable} cannot import; run it with the venv's "
+        f"Python: .venv/bin/python tools/{Path(__file__).name} (make setup makes .venv; installed: /opt/picamd/.venv/bin/python)"
+    )
+from client import StreamError, authorization, open_stream, read_parts, shown, stream_url  # noqa: E402
 
-from client import StreamError, open_stream, read_parts, stream_url  # noqa: E402
-from daemon.storage.atomicfile import write_atomic  # noqa: E402
 from daemon.config import Config, ConfigError, parse_downscale  # noqa: E402
 from daemon.motion import RegionMeter, parse_regions  # noqa: E402
+from daemon.storage.atomicfile import write_atomic  # noqa: E402
 
 EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 LABELS = ("running", "stopped")
@@ -82,6 +105,7 @@ DEFAULT_BLURS = (0, 5, 9, 15)
 DEFAULT_DILATES = (0, 2, 4)
 DEFAULT_METHODS = ("background", "previous")
 HTTP_TIMEOUT_S = 10.0
+MIN_FRAMES = 30  # of each label: with fewer, a score says more about chance than about the setting
 
 
 class CalibrationError(Exception):
@@ -117,7 +141,7 @@ def parse_labels(text: str) -> list[Interval]:
             raise ValueError(f"{part!r}: the end must be after the start")
         intervals.append(Interval(start, end, label))
     intervals.sort(key=lambda i: i.start)
-    for a, b in zip(intervals, intervals[1:]):
+    for a, b in zip(intervals, intervals[1:], strict=False):
         if b.start < a.end:
             raise ValueError(f"intervals {a} and {b} overlap")
     missing = [lab for lab in LABELS if not any(i.label == lab for i in intervals)]
@@ -146,7 +170,7 @@ def _tidy(values: list[float]) -> list[float | int]:
 def region_entry(name: str, rect: list[str] | None, polygon: list[str] | None) -> dict[str, Any]:
     """The motion.regions entry (name and shape, in the units given) from --rect or --polygon."""
     if rect is not None:
-        values = [_number(t, f"--rect {k}") for t, k in zip(rect, "XYWH")]
+        values = [_number(t, f"--rect {k}") for t, k in zip(rect, "XYWH", strict=True)]
         return {"name": name, "rect": _tidy(values)}
     assert polygon is not None
     flat = []
@@ -156,7 +180,7 @@ def region_entry(name: str, rect: list[str] | None, polygon: list[str] | None) -
             raise ValueError(f"--polygon point {i + 1} must be X,Y, not {text!r}")
         flat += [_number(xs, f"--polygon point {i + 1} x"), _number(ys, f"--polygon point {i + 1} y")]
     tidy = _tidy(flat)
-    return {"name": name, "polygon": [tidy[i:i + 2] for i in range(0, len(tidy), 2)]}
+    return {"name": name, "polygon": [tidy[i : i + 2] for i in range(0, len(tidy), 2)]}
 
 
 def parse_int_list(text: str, what: str, lo: int, hi: int) -> list[int]:
@@ -202,47 +226,167 @@ class Frame:
 
 
 class VideoFrames:
-    """Frames of a video file, timed by their index and the file's frame rate."""
+    """Frames of a video file, timed by their timestamps in the file.
+
+    The timestamps come from OpenCV (`CAP_PROP_POS_MSEC` of each frame), or from `ffprobe` when OpenCV gives none
+    that make sense; without either (or with `--video-fps`) frames are timed by a frame rate. Times count from the
+    first frame.
+    """
 
     def __init__(self, path: str, fps: float | None) -> None:
         self.path = path
         if not Path(path).is_file():
             raise CalibrationError(f"cannot read video {path}: no such file")
-        cap = cv2.VideoCapture(path)
-        if not cap.isOpened():
-            raise CalibrationError(f"cannot read video {path}: OpenCV cannot open it (not a video, or a codec it lacks)")
+        cap = self._open()
         ok, first = cap.read()
         if not ok or first is None:
             cap.release()
             raise CalibrationError(f"cannot read video {path}: it has no frame OpenCV can decode")
-        rate = fps if fps else cap.get(cv2.CAP_PROP_FPS)
-        if not rate or not math.isfinite(rate) or not 0 < rate <= 1000:
-            cap.release()
-            raise CalibrationError(f"video {path} does not say its frame rate; give it with --video-fps")
-        self.fps = float(rate)
+        nominal = cap.get(cv2.CAP_PROP_FPS)
+        self.nominal = float(nominal) if nominal and math.isfinite(nominal) and 0 < nominal <= 1000 else None
         self.size = (first.shape[1], first.shape[0])
         self._cap = cap
         self._first: np.ndarray | None = first
+        self._first_ms = cap.get(cv2.CAP_PROP_POS_MSEC)
+        self.fps: float | None = fps
+        self.times: list[float] | None = None  # from ffprobe
+        self.backwards = 0
+        self.frames_read = 0
+        self._probe: list[float] = []  # OpenCV's positions of the first frames
+        if fps:
+            self.timing = f"{fps:g} frames a second (--video-fps)"
+        elif self._opencv_times_usable():
+            self.timing = "their timestamps (OpenCV)"
+            self._note_even_rate()
+        else:
+            self.times = ffprobe_times(path)
+            if self.times:
+                self.timing = "their timestamps (ffprobe)"
+            elif self.nominal is None:
+                cap.release()
+                raise CalibrationError(
+                    f"video {path} has no timestamps OpenCV or ffprobe can read and does not say its frame rate; give it with --video-fps"
+                )
+            else:
+                self.fps = self.nominal
+                self.timing = f"the file's nominal {self.nominal:g} frames a second"
+                print(
+                    f"warning: no frame timestamps could be read from {path} (OpenCV gives none, and "
+                    + ("ffprobe could not read them" if shutil.which("ffprobe") else "ffprobe, part of ffmpeg, is not installed")
+                    + f"): timing frames by the nominal {self.nominal:g} fps, which for a recording of an MJPEG stream is "
+                    "usually not the real rate; give the real one with --video-fps",
+                    file=sys.stderr,
+                )
+
+    def _open(self) -> cv2.VideoCapture:
+        cap = cv2.VideoCapture(self.path)
+        if not cap.isOpened():
+            raise CalibrationError(f"cannot read video {self.path}: OpenCV cannot open it (not a video, or a codec it lacks)")
+        return cap
+
+    def _opencv_times_usable(self, frames: int = 50) -> bool:
+        """Whether OpenCV's position of the first frames is a timestamp: finite, from 0 up, rising frame by frame."""
+        cap = self._open()
+        try:
+            stamps: list[float] = []
+            while len(stamps) < frames:
+                ok = cap.grab()
+                if not ok:
+                    break
+                stamps.append(cap.get(cv2.CAP_PROP_POS_MSEC))
+        finally:
+            cap.release()
+        self._probe = stamps
+        if len(stamps) < 2:
+            return bool(stamps) and math.isfinite(stamps[0]) and stamps[0] >= 0
+        return all(math.isfinite(v) and v >= 0 for v in stamps) and all(b > a for a, b in zip(stamps, stamps[1:], strict=False))
+
+    def _note_even_rate(self) -> None:
+        steps = np.diff(self._probe)
+        if len(steps) >= 10 and abs(float(steps.mean()) - 40.0) < 0.5 and float(np.ptp(steps)) < 1.0:
+            print(
+                f"note: the frames of {self.path} are evenly 1/25 s apart, the rate ffmpeg and OpenCV assume for an MJPEG "
+                "stream: a recording of a picamd stream made without `-use_wallclock_as_timestamps 1` does not hold the "
+                "real times (give the real rate with --video-fps, or record again as the README shows)",
+                file=sys.stderr,
+            )
 
     def first_image(self) -> np.ndarray:
         assert self._first is not None
         return self._first
 
+    def _time(self, index: int, previous: float | None) -> float:
+        if self.fps:
+            return index / self.fps
+        if self.times is not None:
+            if index < len(self.times):
+                return self.times[index] - self.times[0]
+            step = 1.0 / (self.nominal or 25.0)
+            return self.times[-1] - self.times[0] + (index - len(self.times) + 1) * step
+        t = (self._cap.get(cv2.CAP_PROP_POS_MSEC) - self._first_ms) / 1000.0
+        if previous is not None and not (math.isfinite(t) and t >= previous):
+            self.backwards += 1  # a damaged timestamp: the frame keeps the previous one's time
+            return previous
+        return t
+
     def frames(self, until_s: float) -> Iterator[Frame]:
         index = 0
+        previous: float | None = None
         try:
             image = self._first
             while image is not None:
-                t = index / self.fps
+                t = 0.0 if index == 0 else self._time(index, previous)
                 if t >= until_s:
                     return
                 yield Frame(t, image)
+                self.frames_read = index + 1
+                previous = t
                 index += 1
                 ok, image = self._cap.read()
                 if not ok:
                     image = None
         finally:
             self._cap.release()
+
+    def notes(self) -> list[str]:
+        """What went wrong with the timing while reading, for the user."""
+        out = []
+        if self.backwards:
+            out.append(f"{self.backwards} frames had a timestamp that went backwards or none; each kept the time of the frame before")
+        if self.times is not None and self.frames_read > len(self.times):
+            out.append(
+                f"ffprobe gave {len(self.times)} timestamps for {self.frames_read} frames; the frames beyond them were "
+                f"timed by the nominal {self.nominal or 25:g} fps"
+            )
+        return out
+
+
+def ffprobe_times(path: str) -> list[float] | None:
+    """The presentation times of the video's frames (seconds, sorted) as ffprobe reads them, or None without ffprobe or times."""
+    exe = shutil.which("ffprobe")
+    if exe is None:
+        return None
+    try:
+        res = subprocess.run(
+            [exe, "-v", "error", "-select_streams", "v:0", "-show_entries", "packet=pts_time", "-of", "csv=p=0", path],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if res.returncode != 0:
+        return None
+    times = []
+    for line in res.stdout.split():
+        try:
+            v = float(line.strip().rstrip(","))
+        except ValueError:
+            continue  # N/A: a packet without a time
+        if math.isfinite(v):
+            times.append(v)
+    # MJPEG frames come in order; a codec with B-frames stores them out of it, and OpenCV decodes in presentation order.
+    return sorted(times) or None
 
 
 class DaemonFrames:
@@ -258,6 +402,9 @@ class DaemonFrames:
             raise CalibrationError(f"bad --url {url!r}: the port is not a number") from None
         path = re.sub(r"/(stream|snapshot\.jpg|index\.html)?$", "", parts.path)
         self.base = urllib.parse.urlunsplit((parts.scheme, parts.netloc, path, "", ""))
+        # A daemon with http.users takes the URL's user:password@; messages show the URL without the password.
+        self.auth = authorization(parts)
+        self.shown = shown(urllib.parse.urlsplit(self.base))
         self.host = parts.hostname
         self.fps = fps
         self.snapshot = snapshot
@@ -267,18 +414,21 @@ class DaemonFrames:
     def get(self, path: str) -> tuple[int, dict[str, str], bytes]:
         url = urllib.parse.urlsplit(self.base + path)
         if not url.hostname:
-            raise CalibrationError(f"no host in {self.base + path}")
+            raise CalibrationError(f"no host in {self.shown + path}")
         cls = http.client.HTTPSConnection if url.scheme == "https" else http.client.HTTPConnection
         conn = cls(url.hostname, url.port, timeout=HTTP_TIMEOUT_S)
         try:
-            conn.request("GET", url.path or "/", headers={"User-Agent": "picamd-calibrate"})
+            headers = {"User-Agent": "picamd-calibrate"}
+            if self.auth:
+                headers["Authorization"] = self.auth
+            conn.request("GET", url.path or "/", headers=headers)
             resp = conn.getresponse()
             body = resp.read(64 * 2**20)
             return resp.status, {k.lower(): v for k, v in resp.getheaders()}, body
         except OSError as exc:
-            raise CalibrationError(f"cannot connect to {self.base}: {exc.strerror or exc}") from None
+            raise CalibrationError(f"cannot connect to {self.shown}: {exc.strerror or exc}") from None
         except http.client.HTTPException as exc:
-            raise CalibrationError(f"{self.base} did not answer HTTP: {exc!r}") from None
+            raise CalibrationError(f"{self.shown} did not answer HTTP: {exc!r}") from None
         finally:
             conn.close()
 
@@ -300,10 +450,10 @@ class DaemonFrames:
     def first_image(self) -> np.ndarray:
         status, _, body = self.get("/snapshot.jpg")
         if status != 200:
-            raise CalibrationError(f"{self.base}/snapshot.jpg answered {status}: {body[:200].decode('utf-8', 'replace').strip()}")
+            raise CalibrationError(f"{self.shown}/snapshot.jpg answered {status}: {body[:200].decode('utf-8', 'replace').strip()}")
         image = cv2.imdecode(np.frombuffer(body, np.uint8), cv2.IMREAD_COLOR)
         if image is None:
-            raise CalibrationError(f"{self.base}/snapshot.jpg is not a JPEG OpenCV can decode")
+            raise CalibrationError(f"{self.shown}/snapshot.jpg is not a JPEG OpenCV can decode")
         return image
 
     def frames(self, until_s: float) -> Iterator[Frame]:
@@ -320,7 +470,7 @@ class DaemonFrames:
                 return
             yield Frame(t, image)
             if time.monotonic() > deadline:
-                raise CalibrationError(f"{self.base} delivered frames too slowly: {t:.0f} of {until_s:.0f} s recorded")
+                raise CalibrationError(f"{self.shown} delivered frames too slowly: {t:.0f} of {until_s:.0f} s recorded")
 
     def _decode(self, jpeg: bytes) -> np.ndarray | None:
         image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
@@ -343,10 +493,10 @@ class DaemonFrames:
                 if image is not None:
                     yield _frame_time(headers), image
         except (OSError, http.client.HTTPException) as exc:
-            raise CalibrationError(f"the stream from {self.base} broke off: {exc}") from None
+            raise CalibrationError(f"the stream from {self.shown} broke off: {exc}") from None
         finally:
             conn.close()
-        raise CalibrationError(f"the stream from {self.base} ended early (daemon stopped or restarted?)")
+        raise CalibrationError(f"the stream from {self.shown} ended early (daemon stopped or restarted?)")
 
     def _snapshots(self) -> Iterator[tuple[float, np.ndarray]]:
         interval = 1.0 / (self.fps or 5.0)
@@ -360,7 +510,7 @@ class DaemonFrames:
                 if image is not None:
                     yield _frame_time(headers), image
             elif status != 200 and status != 503:  # 503: no frame yet, try again
-                raise CalibrationError(f"{self.base}/snapshot.jpg answered {status}")
+                raise CalibrationError(f"{self.shown}/snapshot.jpg answered {status}")
             next_at += interval
             time.sleep(max(0.0, next_at - time.monotonic()))
 
@@ -434,13 +584,32 @@ class Measured:
 class Recorder:
     """Scales each frame to the ring size and measures it once per setting, keeping the labelled fractions."""
 
-    def __init__(self, region: dict[str, Any], frame_size: tuple[int, int], ring_size: tuple[int, int],
-                 masks: list, alpha: float, settings: list[Setting]) -> None:
+    def __init__(
+        self,
+        region: dict[str, Any],
+        frame_size: tuple[int, int],
+        ring_size: tuple[int, int],
+        masks: list,
+        alpha: float,
+        settings: list[Setting],
+    ) -> None:
         self.frame_size = frame_size
         self.ring_size = ring_size
         self.measured = [
-            Measured(s, RegionMeter(region, frame_size, ring_size, masks, method=s.method, alpha=alpha,
-                                    blur=s.blur, pixel_threshold=s.pixel_threshold, dilate=s.dilate))
+            Measured(
+                s,
+                RegionMeter(
+                    region,
+                    frame_size,
+                    ring_size,
+                    masks,
+                    method=s.method,
+                    alpha=alpha,
+                    blur=s.blur,
+                    pixel_threshold=s.pixel_threshold,
+                    dilate=s.dilate,
+                ),
+            )
             for s in settings
         ]
         self._ring = np.empty((ring_size[1], ring_size[0], 3), np.uint8)
@@ -467,8 +636,11 @@ class Recorder:
         full = image if (image.shape[1], image.shape[0]) == self.frame_size else None
         if full is None and not self.warned_size:
             self.warned_size = True
-            print(f"note: frames are {image.shape[1]}x{image.shape[0]}, the camera frame is "
-                  f"{self.frame_size[0]}x{self.frame_size[1]}; scaling them (coordinates stay in camera pixels)", file=sys.stderr)
+            print(
+                f"note: frames are {image.shape[1]}x{image.shape[0]}, the camera frame is "
+                f"{self.frame_size[0]}x{self.frame_size[1]}; scaling them (coordinates stay in camera pixels)",
+                file=sys.stderr,
+            )
         cv2.resize(image, self.ring_size, dst=self._ring, interpolation=cv2.INTER_AREA)
         if label is None:
             self.unlabelled += 1
@@ -499,12 +671,18 @@ class Score:
 
     def row(self) -> dict[str, Any]:
         return {
-            "method": self.setting.method, "pixel_threshold": self.setting.pixel_threshold,
-            "blur": self.setting.blur, "dilate": self.setting.dilate, "min_fraction": self.min_fraction,
-            "efficiency": round(self.efficiency, 4), "running_moving": round(self.running_moving, 4),
-            "stopped_moving": round(self.stopped_moving, 4), "margin": round(self.margin, 4),
+            "method": self.setting.method,
+            "pixel_threshold": self.setting.pixel_threshold,
+            "blur": self.setting.blur,
+            "dilate": self.setting.dilate,
+            "min_fraction": self.min_fraction,
+            "efficiency": round(self.efficiency, 4),
+            "running_moving": round(self.running_moving, 4),
+            "stopped_moving": round(self.stopped_moving, 4),
+            "margin": round(self.margin, 4),
             "tolerance": None if math.isinf(self.tolerance) else round(self.tolerance, 2),
-            "running_median_fraction": round(self.running_median, 5), "stopped_p95_fraction": round(self.stopped_p95, 5),
+            "running_median_fraction": round(self.running_median, 5),
+            "stopped_p95_fraction": round(self.stopped_p95, 5),
             "current": self.current,
         }
 
@@ -526,7 +704,7 @@ def score(setting: Setting, running: list[float], stopped: list[float], quantum:
     # Candidate k stands for any threshold in (lower[k], upper[k]]: a frame moves when fraction >= threshold,
     # so all of them classify alike. A last candidate above every value (nothing moves) while that stays <= 1.
     upper = np.append(values, 1.0) if values[-1] < 1.0 else values
-    lower = np.concatenate([[0.0], values])[:len(upper)]
+    lower = np.concatenate([[0.0], values])[: len(upper)]
     keep = upper > 0  # min_fraction must be above 0
     upper, lower = upper[keep], lower[keep]
     run_moving = 1.0 - np.searchsorted(run, upper, side="left") / len(run)
@@ -559,10 +737,15 @@ def score(setting: Setting, running: list[float], stopped: list[float], quantum:
     rm = float(np.count_nonzero(run >= threshold) / len(run))
     sm = float(np.count_nonzero(stop >= threshold) / len(stop))
     return Score(
-        setting=setting, min_fraction=threshold, efficiency=(rm + 1.0 - sm) / 2.0,
-        running_moving=rm, stopped_moving=sm, margin=min(rm - running_fraction, running_fraction - sm),
+        setting=setting,
+        min_fraction=threshold,
+        efficiency=(rm + 1.0 - sm) / 2.0,
+        running_moving=rm,
+        stopped_moving=sm,
+        margin=min(rm - running_fraction, running_fraction - sm),
         tolerance=math.sqrt(span) if hi > lo else 1.0,
-        running_median=float(np.median(run)), stopped_p95=float(np.percentile(stop, 95)),
+        running_median=float(np.median(run)),
+        stopped_p95=float(np.percentile(stop, 95)),
     )
 
 
@@ -575,8 +758,10 @@ def rank(scores: list[Score]) -> list[Score]:
 
 
 def table(scores: list[Score], top: int) -> str:
-    head = (f"{'#':>3}  {'method':<10} {'thr':>4} {'blur':>4} {'dil':>3}  {'min_fraction':>12}  {'effic.':>6}  "
-            f"{'RUN moving':>10}  {'STOP moving':>11}  {'margin':>7}  {'toler.':>7}  {'RUN median':>10}  {'STOP p95':>9}")
+    head = (
+        f"{'#':>3}  {'method':<10} {'thr':>4} {'blur':>4} {'dil':>3}  {'min_fraction':>12}  {'effic.':>6}  "
+        f"{'RUN moving':>10}  {'STOP moving':>11}  {'margin':>7}  {'toler.':>7}  {'RUN median':>10}  {'STOP p95':>9}"
+    )
     lines = [head, "-" * len(head)]
     for i, s in enumerate(scores[:top], 1):
         tol = "inf" if math.isinf(s.tolerance) else f"x{s.tolerance:.1f}"
@@ -590,14 +775,26 @@ def table(scores: list[Score], top: int) -> str:
     return "\n".join(lines)
 
 
+def too_few(frames: dict[str, int]) -> str | None:
+    """Why the counts of RUNNING and STOPPED frames are too few for a score to mean anything, or None."""
+    if all(frames[lab] >= MIN_FRAMES for lab in LABELS):
+        return None
+    return (
+        f"too few frames to judge: {frames['running']} RUNNING and {frames['stopped']} STOPPED frames "
+        f"(at least {MIN_FRAMES} of each are needed)"
+    )
+
+
 def snippet_entry(region: dict[str, Any], best: Score) -> dict[str, Any]:
     entry = dict(region)
-    entry.update({
-        "min_fraction": best.min_fraction,
-        "pixel_threshold": best.setting.pixel_threshold,
-        "blur": best.setting.blur,
-        "dilate": best.setting.dilate,
-    })
+    entry.update(
+        {
+            "min_fraction": best.min_fraction,
+            "pixel_threshold": best.setting.pixel_threshold,
+            "blur": best.setting.blur,
+            "dilate": best.setting.dilate,
+        }
+    )
     return entry
 
 
@@ -606,10 +803,13 @@ def snippet_text(entry: dict[str, Any], best: Score, info: dict[str, Any], runni
         f"Motion calibration of region {entry['name']}, written by tools/calibrate.py on {dt.datetime.now().isoformat(timespec='seconds')}",
         f"Source: {info['source']} ({info['frame_size'][0]}x{info['frame_size'][1]} camera frames, measured on the "
         f"{'ring' if info['measured_on'] == 'ring' else 'full'} frame, ring {info['ring_size'][0]}x{info['ring_size'][1]})",
-        f"Recorded: {info['frames']['running']} RUNNING and {info['frames']['stopped']} STOPPED frames",
-        f"Efficiency {best.efficiency:.3f}: {best.running_moving:.1%} of RUNNING frames move, {best.stopped_moving:.1%} of STOPPED frames do",
+        f"Recorded: {info['frames']['running']} RUNNING and {info['frames']['stopped']} STOPPED frames, timed by {info['timing']}",
+        *([f"WARNING: {info['too_few_frames']}: the figures below mean little"] if info.get("too_few_frames") else []),
+        f"Efficiency {best.efficiency:.3f}: {best.running_moving:.1%} of RUNNING frames move, "
+        f"{best.stopped_moving:.1%} of STOPPED frames do",
         f"Margin {best.margin:+.3f} against running_fraction {running_fraction:g}; min_fraction may be off by "
-        + ("any factor" if math.isinf(best.tolerance) else f"x{best.tolerance:.1f}") + " either way",
+        + ("any factor" if math.isinf(best.tolerance) else f"x{best.tolerance:.1f}")
+        + " either way",
         "Merge into config.yaml; motion.method applies to every region.",
     ]
     body = yaml.safe_dump({"motion": {"method": best.setting.method, "regions": [entry]}}, sort_keys=False, default_flow_style=None)
@@ -619,14 +819,15 @@ def snippet_text(entry: dict[str, Any], best: Score, info: dict[str, Any], runni
 def live_lines(entry: dict[str, Any], best: Score, host: str | None) -> str:
     s = best.setting
     how = f'echo "LINE" | nc {host} 9999' if host else 'echo "LINE" | nc HOST 9999'
-    out = [f"# To apply it live, send these lines to the command port ({how}), then `overwrite_config` to keep them.",
-           f"set motion.method {s.method}"]
+    out = [
+        f"# To apply it live, send these lines to the command port ({how}), then `overwrite_config` to keep them.",
+        f"set motion.method {s.method}",
+    ]
     if "rect" in entry:
         x, y, w, h = entry["rect"]
         out += [
             "# a) keeping the other regions: region add takes the region and its min_fraction; the pixel settings",
-            "#    become the global defaults (regions with their own values keep them). `region del "
-            f"{entry['name']}` first if it exists.",
+            f"#    become the global defaults (regions with their own values keep them). `region del {entry['name']}` first if it exists.",
             f"region add {entry['name']} {x} {y} {w} {h} {best.min_fraction:g}",
             f"set motion.pixel_threshold {s.pixel_threshold}",
             f"set motion.blur {s.blur}",
@@ -646,7 +847,9 @@ def build_settings(args: argparse.Namespace, config: Config, with_current: bool)
     thresholds, blurs, dilates = list(args.thresholds), list(args.blurs), list(args.dilates)
     current = None
     if with_current:
-        current = Setting(config.get("motion.method"), config.get("motion.pixel_threshold"), config.get("motion.blur"), config.get("motion.dilate"))
+        current = Setting(
+            config.get("motion.method"), config.get("motion.pixel_threshold"), config.get("motion.blur"), config.get("motion.dilate")
+        )
     settings = [Setting(m, t, b, d) for m in args.methods for t in thresholds for b in blurs for d in dilates]
     if current is not None and current not in settings:
         settings.append(current)
@@ -671,6 +874,9 @@ def record_labelled(source, recorder: Recorder, intervals: list[Interval]) -> di
     if empty:
         seen = "no frames at all" if last_t is None else f"frames from 0 to {last_t:.1f} s"
         raise CalibrationError(f"no frames in the labelled interval {empty[0]}: the source has {seen}")
+    for interval, n in counts.items():
+        if n < MIN_FRAMES:
+            print(f"note: the labelled interval {interval} holds only {n} frames", file=sys.stderr)
     return counts
 
 
@@ -683,7 +889,9 @@ def record_prompted(source: DaemonFrames, recorder: Recorder, running_s: float, 
     for label, seconds, what in phases:
         print(f"\n{what}\nPress Enter to record {seconds:g} s of {label.upper()}.", flush=True)
         if not sys.stdin.readline():
-            raise CalibrationError("no answer on standard input: give the intervals with --labels instead, e.g. 0-60:running,60-120:stopped")
+            raise CalibrationError(
+                "no answer on standard input: give the intervals with --labels instead, e.g. 0-60:running,60-120:stopped"
+            )
         # The frames between the phases were not seen: start the background again.
         recorder.rebaseline()
         before = recorder.frames[label]
@@ -733,15 +941,18 @@ def run(args: argparse.Namespace) -> int:
         else:
             image = daemon.first_image()
             frame_size = (image.shape[1], image.shape[0])
-            print(f"note: {daemon.base}/health does not give the frame sizes; taking {frame_size[0]}x{frame_size[1]} "
-                  "from a snapshot (give --frame-size and --ring if the stream is not the full frame)", file=sys.stderr)
+            print(
+                f"note: {daemon.shown}/health does not give the frame sizes; taking {frame_size[0]}x{frame_size[1]} "
+                "from a snapshot (give --frame-size and --ring if the stream is not the full frame)",
+                file=sys.stderr,
+            )
         if args.ring:
             ring_size = ring_size_for(args.ring, frame_size)
         elif sizes is not None:
             ring_size = sizes[1]
         else:
             ring_size = ring_size_for(config.get("ring.downscale"), frame_size)
-        origin = daemon.base
+        origin = daemon.shown
         host = daemon.host
 
     if args.rect is None and args.polygon is None:
@@ -754,13 +965,17 @@ def run(args: argparse.Namespace) -> int:
 
     settings, current = build_settings(args, config, with_current=bool(args.config))
     try:
-        recorder = Recorder(region, frame_size, ring_size, config.get("motion.masks"),
-                            config.get("motion.background_alpha"), settings)
+        recorder = Recorder(region, frame_size, ring_size, config.get("motion.masks"), config.get("motion.background_alpha"), settings)
     except ValueError as exc:
         raise CalibrationError(f"bad region: {exc}") from None
-    print(f"calibrating region {args.name} {region.get('rect', region.get('polygon'))} from {origin}: camera frame "
-          f"{frame_size[0]}x{frame_size[1]}, ring {ring_size[0]}x{ring_size[1]}, measured on the {recorder.measured_on} frame; "
-          f"{len(settings)} settings", flush=True)
+    print(
+        f"calibrating region {args.name} {region.get('rect', region.get('polygon'))} from {origin}: camera frame "
+        f"{frame_size[0]}x{frame_size[1]}, ring {ring_size[0]}x{ring_size[1]}, measured on the {recorder.measured_on} frame; "
+        f"{len(settings)} settings",
+        flush=True,
+    )
+    if isinstance(source, VideoFrames):
+        print(f"frames timed by {source.timing}", flush=True)
 
     if intervals is not None:
         record_labelled(source, recorder, intervals)
@@ -770,25 +985,39 @@ def run(args: argparse.Namespace) -> int:
         raise CalibrationError("--video needs --labels (which seconds of the video show the machine running and stopped)")
     if isinstance(source, DaemonFrames) and source.undecodable:
         print(f"note: {source.undecodable} frames could not be decoded and were skipped", file=sys.stderr)
+    if isinstance(source, VideoFrames):
+        for note in source.notes():
+            print(f"note: {note}", file=sys.stderr)
+    few = too_few(recorder.frames)
+    if few:
+        print(f"warning: {few}", file=sys.stderr)
 
     running_fraction = config.get("motion.running_fraction")
     scores = []
     for m in recorder.measured:
         if not m.running or not m.stopped:
             missing = "RUNNING" if not m.running else "STOPPED"
-            raise CalibrationError(f"no {missing} frame could be measured (each recording's first frame only builds the background): record longer")
+            raise CalibrationError(
+                f"no {missing} frame could be measured (each recording's first frame only builds the background): record longer"
+            )
         s = score(m.setting, m.running, m.stopped, recorder.quantum, running_fraction)
         s.current = m.setting == current
         scores.append(s)
     ranked = rank(scores)
     best = ranked[0]
 
-    print(f"\n{recorder.frames['running']} RUNNING and {recorder.frames['stopped']} STOPPED frames"
-          + (f" ({recorder.unlabelled} unlabelled frames measured, not scored)" if recorder.unlabelled else ""))
-    print("efficiency: mean of the share of RUNNING frames that move and the share of STOPPED frames that do not, "
-          "at the best min_fraction (1 = perfect, 0.5 = a coin)")
-    print(f"margin: distance of both moving shares from running_fraction {running_fraction:g} (positive: the "
-          "window majority calls both states right); tolerance: factor min_fraction may be off either way\n")
+    print(
+        f"\n{recorder.frames['running']} RUNNING and {recorder.frames['stopped']} STOPPED frames"
+        + (f" ({recorder.unlabelled} unlabelled frames measured, not scored)" if recorder.unlabelled else "")
+    )
+    print(
+        "efficiency: mean of the share of RUNNING frames that move and the share of STOPPED frames that do not, "
+        "at the best min_fraction (1 = perfect, 0.5 = a coin)"
+    )
+    print(
+        f"margin: distance of both moving shares from running_fraction {running_fraction:g} (positive: the "
+        "window majority calls both states right); tolerance: factor min_fraction may be off either way\n"
+    )
     print(table(ranked, args.top))
     if current is not None:
         pos = next(i for i, s in enumerate(ranked, 1) if s.current)
@@ -801,25 +1030,47 @@ def run(args: argparse.Namespace) -> int:
     except (ConfigError, ValueError) as exc:  # a bug here must not write a snippet the daemon refuses
         raise CalibrationError(f"the best setting does not validate as config: {exc}") from None
     info = {
-        "source": origin, "frame_size": list(frame_size), "ring_size": list(ring_size),
-        "measured_on": recorder.measured_on, "frames": dict(recorder.frames),
+        "source": origin,
+        "frame_size": list(frame_size),
+        "ring_size": list(ring_size),
+        "measured_on": recorder.measured_on,
+        "frames": dict(recorder.frames),
+        "timing": source.timing if isinstance(source, VideoFrames) else "X-Timestamp of each frame",
+        "too_few_frames": few,
     }
     snippet = snippet_text(entry, best, info, running_fraction)
-    print(f"\nbest: {best.setting.label()} min_fraction={best.min_fraction:g}: efficiency {best.efficiency:.3f}, "
-          f"margin {best.margin:+.3f}")
-    if best.efficiency < 0.8 or best.margin <= 0:
-        print("warning: RUNNING and STOPPED are poorly separated; try a region that shows only the moving part, "
-              "more contrast on it (a sticker), or a longer recording", file=sys.stderr)
+    print(
+        f"\nbest: {best.setting.label()} min_fraction={best.min_fraction:g}: efficiency {best.efficiency:.3f}, "
+        f"margin {best.margin:+.3f}" + (" (too few frames to judge: these figures mean little)" if few else "")
+    )
+    if few:
+        print(
+            "warning: too few frames to judge; record at least "
+            f"{MIN_FRAMES} frames of each (longer intervals, or a higher frame rate) before trusting a setting",
+            file=sys.stderr,
+        )
+    elif best.efficiency < 0.8 or best.margin <= 0:
+        print(
+            "warning: RUNNING and STOPPED are poorly separated; try a region that shows only the moving part, "
+            "more contrast on it (a sticker), or a longer recording",
+            file=sys.stderr,
+        )
     if args.out:
         write_atomic(args.out, snippet.encode())
         print(f"config snippet written to {args.out}")
     print("\n" + snippet)
     print(live_lines(entry, best, host))
     if args.json:
-        report = {**info, "definition": "efficiency = balanced accuracy at the best min_fraction; margin = "
-                  "min(RUN moving - running_fraction, running_fraction - STOP moving)",
-                  "running_fraction": running_fraction, "region": region,
-                  "best": best.row(), "results": [s.row() for s in ranked], "snippet": {"motion": {"method": best.setting.method, "regions": [entry]}}}
+        report = {
+            **info,
+            "definition": "efficiency = balanced accuracy at the best min_fraction; margin = "
+            "min(RUN moving - running_fraction, running_fraction - STOP moving)",
+            "running_fraction": running_fraction,
+            "region": region,
+            "best": best.row(),
+            "results": [s.row() for s in ranked],
+            "snippet": {"motion": {"method": best.setting.method, "regions": [entry]}},
+        }
         write_atomic(args.json, (json.dumps(report, indent=1) + "\n").encode())
     return 0
 
@@ -827,7 +1078,7 @@ def run(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         description="Find the motion settings that best separate a machine's RUNNING from its STOPPED, "
-                    "and write them as a picamd config snippet.",
+        "and write them as a picamd config snippet.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=(
             "examples:\n"
@@ -845,24 +1096,58 @@ def build_parser() -> argparse.ArgumentParser:
     shape.add_argument("--polygon", nargs="+", metavar="X,Y", help="the region as a polygon of 3 or more X,Y points")
     shape.add_argument("--select", action="store_true", help="draw the region in a window (needs a display and OpenCV with GUI support)")
     ap.add_argument("--name", default="region1", help="the region's name in the config (default region1)")
-    ap.add_argument("--labels", metavar="SPEC", help="which seconds are RUNNING and STOPPED, e.g. 0-30:running,30-60:stopped "
-                    "(seconds into the video, or since the first frame of the stream); without it (--url) you are prompted")
+    ap.add_argument(
+        "--labels",
+        metavar="SPEC",
+        help="which seconds are RUNNING and STOPPED, e.g. 0-30:running,30-60:stopped "
+        "(seconds into the video, or since the first frame of the stream); without it (--url) you are prompted",
+    )
     ap.add_argument("--running-s", type=float, default=60.0, help="prompted recording: seconds of RUNNING (default 60)")
     ap.add_argument("--stopped-s", type=float, default=60.0, help="prompted recording: seconds of STOPPED (default 60)")
     ap.add_argument("--snapshot", action="store_true", help="poll /snapshot.jpg instead of reading /stream")
     ap.add_argument("--fps", type=float, help="with --url: frames per second to ask for (default: the stream's; 5 with --snapshot)")
-    ap.add_argument("--video-fps", type=float, help="the video's frame rate when the file does not say it")
-    ap.add_argument("--config", metavar="YAML", help="the daemon's config.yaml: its ring size, masks, background_alpha, "
-                    "running_fraction and current settings are used (the current settings are ranked too)")
-    ap.add_argument("--ring", metavar="SIZE", help="the daemon's ring.downscale (WxH or a factor) when neither /health nor --config says it")
-    ap.add_argument("--frame-size", type=parse_size, metavar="WxH", help="the camera's full frame size, when the frames are not full frames")
-    ap.add_argument("--thresholds", type=lambda t: parse_int_list(t, "--thresholds", 1, 255), default=list(DEFAULT_THRESHOLDS),
-                    help="pixel_threshold values to try, comma-separated (default 10,15,25,40,60)")
-    ap.add_argument("--blurs", type=lambda t: parse_int_list(t, "--blurs", 0, 51), default=list(DEFAULT_BLURS),
-                    help="blur kernel sizes to try (default 0,5,9,15)")
-    ap.add_argument("--dilates", type=lambda t: parse_int_list(t, "--dilates", 0, 20), default=list(DEFAULT_DILATES),
-                    help="dilate iterations to try (default 0,2,4)")
-    ap.add_argument("--methods", type=_methods, default=list(DEFAULT_METHODS), help="methods to try: background, previous or background,previous (default both)")
+    ap.add_argument(
+        "--video-fps",
+        type=float,
+        help="time the video's frames by this rate instead of their timestamps "
+        "(for a file without timestamps, or one whose timestamps are wrong)",
+    )
+    ap.add_argument(
+        "--config",
+        metavar="YAML",
+        help="the daemon's config.yaml: its ring size, masks, background_alpha, "
+        "running_fraction and current settings are used (the current settings are ranked too)",
+    )
+    ap.add_argument(
+        "--ring", metavar="SIZE", help="the daemon's ring.downscale (WxH or a factor) when neither /health nor --config says it"
+    )
+    ap.add_argument(
+        "--frame-size", type=parse_size, metavar="WxH", help="the camera's full frame size, when the frames are not full frames"
+    )
+    ap.add_argument(
+        "--thresholds",
+        type=lambda t: parse_int_list(t, "--thresholds", 1, 255),
+        default=list(DEFAULT_THRESHOLDS),
+        help="pixel_threshold values to try, comma-separated (default 10,15,25,40,60)",
+    )
+    ap.add_argument(
+        "--blurs",
+        type=lambda t: parse_int_list(t, "--blurs", 0, 51),
+        default=list(DEFAULT_BLURS),
+        help="blur kernel sizes to try (default 0,5,9,15)",
+    )
+    ap.add_argument(
+        "--dilates",
+        type=lambda t: parse_int_list(t, "--dilates", 0, 20),
+        default=list(DEFAULT_DILATES),
+        help="dilate iterations to try (default 0,2,4)",
+    )
+    ap.add_argument(
+        "--methods",
+        type=_methods,
+        default=list(DEFAULT_METHODS),
+        help="methods to try: background, previous or background,previous (default both)",
+    )
     ap.add_argument("--top", type=int, default=15, help="rows of the table to print (default 15)")
     ap.add_argument("--out", metavar="YAML", help="write the best settings as a config snippet here (atomically)")
     ap.add_argument("--json", metavar="FILE", help="also write every setting's figures as JSON here")

@@ -5,15 +5,23 @@
     python tools/chart.py logs --region press1 --since 2024-05-01T06:00 --until 2024-05-01T22:00 --html shift.html
 
 Reads, from LOG_DIR (rotated `.1`, `.2` ... files included):
-- `motion_<region>.jsonl`: one line per frame and region (changed fraction, moving, state),
+- `summary_<region>.jsonl`: one line per region and interval (a minute by
+  default: frames, moving frames, mean and highest changed fraction, state at
+  the end), what the daemon always writes,
+- `motion_<region>.jsonl`: one line per frame and region (changed fraction,
+  moving, state), written only with `motion.log_frames`,
 - `state_changes.jsonl` and `deep_sleep.jsonl`: the state changes,
-in the format `daemon/motion/log.py` describes. Lines that are not valid records
-(a torn last line after a power cut, an edited file) are skipped and counted.
+in the format `daemon/motion/log.py` describes. Both kinds may lie in one
+folder (a day with per-frame logs among weeks of summaries): where per-frame
+records exist they are used and the summaries of the same time are not.
+Lines that are not valid records (a torn last line after a power cut, an
+edited file) are skipped and counted.
 
-The state timeline of each region comes from the per-frame records where they
-exist and from the state changes elsewhere (the per-frame logs are rotated
-away much sooner). A gap of more than `--gap-s` seconds between two frame
-records (the daemon was down, the camera stalled) counts as NO DATA.
+The state timeline of each region comes from the state changes, confirmed by
+the per-frame records and the summaries (the state at the end of each
+interval). A gap of more than `--gap-s` seconds between two records (the
+daemon was down, the camera stalled; a summary covers its first to its last
+frame) counts as NO DATA.
 
 Utilisation is the share of the time RUNNING among the time the region was
 RUNNING, STOPPED or DEEP_SLEEP (UNKNOWN after a start and NO DATA are left
@@ -21,7 +29,8 @@ out); an idle period is a stretch of STOPPED and DEEP_SLEEP.
 
 The PNG shows, per region, the state as a coloured band and the changed
 fraction over time (the highest value of each pixel column in light, the mean
-in dark). The HTML holds the utilisation of every machine, an SVG chart per
+over the judged frames in dark; a summary spreads over the columns it
+spans). The HTML holds the utilisation of every machine, an SVG chart per
 region (hover for the time, fraction and state), the idle periods and the
 state changes. No external assets: it opens offline and can be mailed.
 
@@ -33,6 +42,7 @@ Exit status: 0 done (also when there are no records in the period: the charts
 say so), 1 LOG_DIR is missing, holds no motion logs, or an output cannot be
 written, 2 bad usage.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,21 +52,29 @@ import json
 import math
 import re
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 TOOLS = Path(__file__).resolve().parent
 ROOT = TOOLS.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # run from a checkout or an installed copy without installing the package
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
+try:
+    import cv2
+    import numpy as np
+except ImportError as exc:  # the system Python, say: OpenCV and numpy are in the venv's
+    sys.exit(
+        f"{Path(__file__).name}: needs {exc.name or 'OpenCV'}, which {sys.executable} cannot import; run it with the venv's "
+        f"Python: .venv/bin/python tools/{Path(__file__).name} (make setup makes .venv; installed: /opt/picamd/.venv/bin/python)"
+    )
 
-from daemon.storage.atomicfile import write_atomic  # noqa: E402
 from daemon.core.timefmt import format_duration  # noqa: E402
-from daemon.motion.log import DEEP_SLEEP_LOG, STATE_LOG  # noqa: E402
+from daemon.motion.log import DEEP_SLEEP_LOG, FRAME_PREFIX, STATE_LOG, SUMMARY_PREFIX  # noqa: E402
+from daemon.storage.atomicfile import write_atomic  # noqa: E402
 
 EXIT_ERROR, EXIT_USAGE = 1, 2
 RUNNING, STOPPED, DEEP_SLEEP, UNKNOWN, NO_DATA = "RUNNING", "STOPPED", "DEEP_SLEEP", "UNKNOWN", "NO DATA"
@@ -73,8 +91,30 @@ COLOURS = {
     UNKNOWN: (190, 190, 190),
     NO_DATA: (235, 235, 235),
 }
-TICK_STEPS = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400,
-              2 * 86400, 7 * 86400, 14 * 86400, 28 * 86400)
+TICK_STEPS = (
+    1,
+    2,
+    5,
+    10,
+    15,
+    30,
+    60,
+    120,
+    300,
+    600,
+    900,
+    1800,
+    3600,
+    7200,
+    10800,
+    21600,
+    43200,
+    86400,
+    2 * 86400,
+    7 * 86400,
+    14 * 86400,
+    28 * 86400,
+)
 _ROTATED = re.compile(r"\.jsonl(\.\d+)?$")
 
 
@@ -97,9 +137,24 @@ class Change:
     machine_id: Any = None
 
 
+@dataclass(frozen=True)
+class Summary:
+    """One interval of a region from summary_<region>.jsonl."""
+
+    first: float
+    last: float
+    frames: int
+    judged: int
+    moving: int
+    mean: float
+    peak: float
+    state: str
+
+
 @dataclass
 class Logs:
     frames: dict[str, list[tuple[float, float, int, str]]] = field(default_factory=dict)  # region -> (ts, fraction, moving, state)
+    summaries: dict[str, list[Summary]] = field(default_factory=dict)  # region -> its intervals
     changes: list[Change] = field(default_factory=list)
     machine_ids: dict[str, Any] = field(default_factory=dict)
     files: list[Path] = field(default_factory=list)
@@ -110,22 +165,25 @@ class Logs:
         return sum(self.bad_lines.values())
 
 
-def log_files(folder: Path) -> tuple[list[Path], list[Path]]:
-    """(per-frame logs, state/deep-sleep logs), rotated ones included, oldest rotation first."""
+def log_files(folder: Path) -> tuple[list[Path], list[Path], list[Path]]:
+    """(per-frame logs, summaries, state/deep-sleep logs), rotated ones included, oldest rotation first."""
+
     def order(p: Path) -> tuple[str, int]:
         m = re.search(r"\.jsonl\.(\d+)$", p.name)
         return (_ROTATED.sub("", p.name), -int(m.group(1)) if m else 0)
 
-    frames, events = [], []
+    frames, summaries, events = [], [], []
     for path in folder.iterdir():
         if not path.is_file() or not _ROTATED.search(path.name):
             continue
         stem = _ROTATED.sub(".jsonl", path.name)
-        if stem.startswith("motion_"):
+        if stem.startswith(FRAME_PREFIX):
             frames.append(path)
+        elif stem.startswith(SUMMARY_PREFIX):
+            summaries.append(path)
         elif stem in (STATE_LOG, DEEP_SLEEP_LOG):
             events.append(path)
-    return sorted(frames, key=order), sorted(events, key=order)
+    return sorted(frames, key=order), sorted(summaries, key=order), sorted(events, key=order)
 
 
 def _finite(value: Any) -> float | None:
@@ -152,14 +210,20 @@ def _lines(path: Path) -> Iterator[dict[str, Any] | None]:
 def read_logs(folder: Path, regions: set[str] | None) -> Logs:
     if not folder.is_dir():
         raise ChartError(f"{folder} is not a folder (give the daemon's motion.log_dir)")
-    frame_files, event_files = log_files(folder)
-    if not frame_files and not event_files:
-        raise ChartError(f"no motion logs in {folder} (expected motion_<region>.jsonl, {STATE_LOG} or {DEEP_SLEEP_LOG})")
-    logs = Logs(files=frame_files + event_files)
+    frame_files, summary_files, event_files = log_files(folder)
+    if not frame_files and not summary_files and not event_files:
+        raise ChartError(
+            f"no motion logs in {folder} (expected summary_<region>.jsonl, motion_<region>.jsonl, {STATE_LOG} or {DEEP_SLEEP_LOG})"
+        )
+    logs = Logs(files=frame_files + summary_files + event_files)
     for path in frame_files:
         for region, row in _parsed(path, _frame_record, logs):
             if regions is None or region in regions:
                 logs.frames.setdefault(region, []).append(row)
+    for path in summary_files:
+        for region, summary in _parsed(path, _summary_record, logs):
+            if regions is None or region in regions:
+                logs.summaries.setdefault(region, []).append(summary)
     for path in event_files:
         for change in _parsed(path, _change_record, logs):
             if regions is not None and change.region not in regions:
@@ -170,8 +234,21 @@ def read_logs(folder: Path, regions: set[str] | None) -> Logs:
                 logs.changes.append(change)
     for rows in logs.frames.values():
         rows.sort(key=lambda r: r[0])
+    for region, summaries in logs.summaries.items():
+        summaries.sort(key=lambda s: s.first)
+        logs.summaries[region] = _not_covered(summaries, logs.frames.get(region, []))
     logs.changes.sort(key=lambda c: c.ts)
     return logs
+
+
+def _not_covered(summaries: list[Summary], frames: list[tuple[float, float, int, str]]) -> list[Summary]:
+    """The summaries whose time holds no per-frame record: where both were logged, the frames say more."""
+    if not frames:
+        return summaries
+    stamps = np.array([r[0] for r in frames], np.float64)
+    firsts = np.searchsorted(stamps, [s.first for s in summaries], side="left")
+    lasts = np.searchsorted(stamps, [s.last for s in summaries], side="right")
+    return [s for s, a, b in zip(summaries, firsts, lasts, strict=True) if a == b]
 
 
 def _parsed(path: Path, parse, logs: Logs):
@@ -202,6 +279,26 @@ def _frame_record(record: dict[str, Any] | None) -> tuple[str, tuple[float, floa
     return region, (ts, fraction, -1 if moving is None else int(moving), state)
 
 
+def _count(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def _summary_record(record: dict[str, Any] | None) -> tuple[str, Summary] | None:
+    if record is None:
+        return None
+    first, last = _finite(record.get("ts")), _finite(record.get("end"))
+    frames, judged, moving = _count(record.get("frames")), _count(record.get("judged")), _count(record.get("moving_frames"))
+    mean, peak = _finite(record.get("mean_fraction")), _finite(record.get("max_fraction"))
+    region, state = record.get("region"), record.get("state")
+    if first is None or last is None or last < first or not isinstance(region, str) or not region or state not in STATES:
+        return None
+    if frames is None or judged is None or moving is None or not moving <= judged <= frames or frames == 0:
+        return None
+    if mean is None or peak is None or not 0 <= mean <= peak <= 1:
+        return None
+    return region, Summary(first, last, frames, judged, moving, mean, peak, state)
+
+
 def _change_record(record: dict[str, Any] | None) -> Change | None:
     if record is None:
         return None
@@ -210,8 +307,16 @@ def _change_record(record: dict[str, Any] | None) -> Change | None:
     if ts is None or kind not in EVENTS or not isinstance(region, str) or not region or old not in STATES or new not in STATES:
         return None
     machine_id = record.get("machine_id")
-    return Change(ts, kind, region, old, new, _finite(record.get("duration_s")), _finite(record.get("idle_s")),
-                  machine_id if isinstance(machine_id, (str, int)) and not isinstance(machine_id, bool) else None)
+    return Change(
+        ts,
+        kind,
+        region,
+        old,
+        new,
+        _finite(record.get("duration_s")),
+        _finite(record.get("idle_s")),
+        machine_id if isinstance(machine_id, (str, int)) and not isinstance(machine_id, bool) else None,
+    )
 
 
 # --- the timeline and its figures ---------------------------------------------------------------
@@ -238,7 +343,7 @@ class RegionReport:
     totals: dict[str, float]
     idle: list[Idle]
     changes: list[Change]
-    frames: np.ndarray  # (n, 3): ts, fraction, moving (1, 0, -1 not judged)
+    samples: np.ndarray  # (n, 7) per frame record or summary: SAMPLE_COLUMNS
 
     @property
     def known_s(self) -> float:
@@ -250,13 +355,46 @@ class RegionReport:
         return None if known <= 0 else self.totals.get(RUNNING, 0.0) / known
 
 
-def timeline(frames: list[tuple[float, float, int, str]], changes: list[Change], start: float, end: float,
-             gap_s: float) -> list[tuple[float, float, str]]:
-    """Segments (from, to, state) covering [start, end]; see the module doc for the rules."""
-    # (ts, order, state, is_frame, old state): at equal times the change comes first and the frame confirms it.
-    points: list[tuple[float, int, str, bool, str | None]] = [(c.ts, 0, c.new, False, c.old) for c in changes]
-    points += [(ts, 1, state, True, None) for ts, _f, _m, state in frames]
+# A point of the timeline: (ts, order, state or None, is data, old state, joined). A change (order 0, not data) sets
+# its new state and knows the old one; a frame record (data) confirms its state; a summary is two data points, its
+# first frame (order 1, state None: it says no state there) and its last frame (order 2, the state at the end,
+# joined: no gap from its first frame however long the interval). At equal times the change comes first.
+Point = tuple[float, int, str | None, bool, str | None, bool]
+
+
+def _points(frames: list[tuple[float, float, int, str]], summaries: list[Summary], changes: list[Change], gap_s: float) -> list[Point]:
+    points: list[Point] = [(c.ts, 0, c.new, False, c.old, False) for c in changes]
+    points += [(ts, 1, state, True, None, False) for ts, _f, _m, state in frames]
+    for s in summaries:
+        points += [(s.first, 1, None, True, None, False), (s.last, 2, s.state, True, None, True)]
     points.sort(key=lambda p: (p[0], p[1]))
+    # A summary's first frame carries the state on, unless it follows a gap (or nothing): then the state is the one the
+    # next point says held before it (a change's old state, the summary's own state at the end).
+    carried: str | None = None
+    last_data: float | None = None
+    for i, (ts, order, state, is_data, old, joined) in enumerate(points):
+        if state is None:
+            if carried is None or last_data is None or ts - last_data > gap_s:
+                state = next(((p[4] if not p[3] else p[2]) for p in points[i + 1 :] if p[2] is not None), None) or NO_DATA
+            else:
+                state = carried
+            points[i] = (ts, order, state, is_data, old, joined)
+        carried = state
+        if is_data:
+            last_data = ts
+    return points
+
+
+def timeline(
+    frames: list[tuple[float, float, int, str]],
+    changes: list[Change],
+    start: float,
+    end: float,
+    gap_s: float,
+    summaries: list[Summary] | None = None,
+) -> list[tuple[float, float, str]]:
+    """Segments (from, to, state) covering [start, end]; see the module doc for the rules."""
+    points = _points(frames, summaries or [], changes, gap_s)
     segments: list[list[Any]] = []
 
     def emit(a: float, b: float, state: str) -> None:
@@ -270,9 +408,10 @@ def timeline(frames: list[tuple[float, float, int, str]], changes: list[Change],
 
     before = [p for p in points if p[0] <= start]
     inside = [p for p in points if start < p[0] <= end]
+    prev: Point | None
     if before:
         prev = before[-1]
-        state = prev[2]
+        state = prev[2] or NO_DATA
     elif inside and not inside[0][3]:
         prev = None
         state = inside[0][4] or NO_DATA  # the first change says what the state was before it (only frames have no old state)
@@ -281,13 +420,13 @@ def timeline(frames: list[tuple[float, float, int, str]], changes: list[Change],
         state = NO_DATA
     cursor = start
     for point in inside:
-        ts, _order, new_state, is_frame, _old = point
-        if prev is not None and prev[3] and is_frame and ts - prev[0] > gap_s:
+        ts, _order, new_state, is_data, _old, joined = point
+        if prev is not None and prev[3] and is_data and not joined and ts - prev[0] > gap_s:
             emit(cursor, prev[0], state)
             emit(prev[0], ts, NO_DATA)
         else:
             emit(cursor, ts, state)
-        cursor, state, prev = ts, new_state, point
+        cursor, state, prev = ts, new_state or NO_DATA, point
     if prev is not None and prev[3] and end - prev[0] > gap_s:
         emit(cursor, prev[0], state)
         emit(prev[0], end, NO_DATA)
@@ -311,31 +450,55 @@ def idle_periods(segments: list[tuple[float, float, str]], start: float, end: fl
     return out
 
 
+def samples(frames: list[tuple[float, float, int, str]], summaries: list[Summary], start: float, end: float) -> np.ndarray:
+    """The frame records and summaries within [start, end] as rows of SAMPLE_COLUMNS."""
+    rows = [(ts, ts, f, f if m >= 0 else 0.0, int(m == 1), 1, int(m >= 0)) for ts, f, m, _s in frames if start <= ts <= end]
+    rows += [
+        (s.first, s.last, s.peak, s.mean * s.judged, s.moving, s.frames, s.judged) for s in summaries if s.last >= start and s.first <= end
+    ]
+    return np.array(rows, np.float64).reshape(-1, len(SAMPLE_COLUMNS))
+
+
+SAMPLE_COLUMNS = ("first ts", "last ts", "highest fraction", "sum of judged fractions", "moving frames", "frames", "judged frames")
+
+
 def build_reports(logs: Logs, start: float, end: float, gap_s: float) -> list[RegionReport]:
-    names = sorted(set(logs.frames) | {c.region for c in logs.changes})
+    names = sorted(set(logs.frames) | set(logs.summaries) | {c.region for c in logs.changes})
     reports = []
     for name in names:
         frames = logs.frames.get(name, [])
+        summaries = logs.summaries.get(name, [])
         changes = [c for c in logs.changes if c.region == name]
-        if not any(start <= r[0] <= end for r in frames) and not any(start <= c.ts <= end for c in changes) \
-                and not any(c.ts < start for c in changes):
+        if (
+            not any(start <= r[0] <= end for r in frames)
+            and not any(s.last >= start and s.first <= end for s in summaries)
+            and not any(start <= c.ts <= end for c in changes)
+            and not any(c.ts < start for c in changes)
+        ):
             continue  # nothing of this region in or before the period
-        segments = timeline(frames, changes, start, end, gap_s)
+        segments = timeline(frames, changes, start, end, gap_s, summaries)
         totals: dict[str, float] = {}
         for a, b, state in segments:
             totals[state] = totals.get(state, 0.0) + (b - a)
-        in_range = [r for r in frames if start <= r[0] <= end]
-        array = np.array([(ts, f, m) for ts, f, m, _s in in_range], np.float64).reshape(-1, 3)
-        reports.append(RegionReport(
-            name=name, machine_id=logs.machine_ids.get(name), segments=segments, totals=totals,
-            idle=idle_periods(segments, start, end), changes=[c for c in changes if start <= c.ts <= end], frames=array,
-        ))
+        reports.append(
+            RegionReport(
+                name=name,
+                machine_id=logs.machine_ids.get(name),
+                segments=segments,
+                totals=totals,
+                idle=idle_periods(segments, start, end),
+                changes=[c for c in changes if start <= c.ts <= end],
+                samples=samples(frames, summaries, start, end),
+            )
+        )
     return reports
 
 
 def period(logs: Logs, since: float | None, until: float | None) -> tuple[float, float] | None:
     """[start, end] of the charts: --since/--until, else the first and last record."""
     stamps = [rows[0][0] for rows in logs.frames.values() if rows] + [rows[-1][0] for rows in logs.frames.values() if rows]
+    stamps += [rows[0].first for rows in logs.summaries.values() if rows]
+    stamps += [max(s.last for s in rows) for rows in logs.summaries.values() if rows]
     stamps += [c.ts for c in logs.changes]
     if since is not None:
         stamps = [t for t in stamps if t >= since] or stamps
@@ -356,7 +519,7 @@ class Clock:
         self.utc = utc
 
     def dt(self, ts: float) -> dt.datetime:
-        return dt.datetime.fromtimestamp(ts, dt.timezone.utc) if self.utc else dt.datetime.fromtimestamp(ts).astimezone()
+        return dt.datetime.fromtimestamp(ts, UTC) if self.utc else dt.datetime.fromtimestamp(ts).astimezone()
 
     def text(self, ts: float) -> str:
         return self.dt(ts).strftime("%Y-%m-%d %H:%M:%S")
@@ -373,9 +536,11 @@ class Clock:
         try:
             when = dt.datetime.fromisoformat(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{what}: {text!r} is not an ISO date/time like 2024-05-01T06:00 or seconds since the epoch") from None
+            raise argparse.ArgumentTypeError(
+                f"{what}: {text!r} is not an ISO date/time like 2024-05-01T06:00 or seconds since the epoch"
+            ) from None
         if when.tzinfo is None:
-            when = when.replace(tzinfo=dt.timezone.utc) if self.utc else when.astimezone()
+            when = when.replace(tzinfo=UTC) if self.utc else when.astimezone()
         return when.timestamp()
 
     def ticks(self, start: float, end: float, max_ticks: int) -> tuple[list[float], str]:
@@ -428,19 +593,43 @@ def _nice_max(value: float) -> float:
     return 1.0
 
 
-def bins(frames: np.ndarray, start: float, end: float, columns: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Per column: max fraction, mean fraction, moving frames, frames (columns without frames have count 0)."""
+def _spread(n: float, k: int) -> np.ndarray:
+    """n frames over k columns as whole numbers that add up to n."""
+    base, extra = divmod(int(n), k)
+    out = np.full(k, float(base))
+    out[:extra] += 1
+    return out
+
+
+def bins(rows: np.ndarray, start: float, end: float, columns: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per column: highest fraction, mean fraction of the judged frames, moving frames, frames (0 where none).
+
+    `rows` are `samples()`; a summary spanning several columns is spread over them evenly."""
     peak = np.zeros(columns)
     total = np.zeros(columns)
     moving = np.zeros(columns)
     count = np.zeros(columns)
-    if len(frames):
-        col = np.clip(((frames[:, 0] - start) / (end - start) * columns).astype(np.int64), 0, columns - 1)
-        np.maximum.at(peak, col, frames[:, 1])
-        np.add.at(total, col, frames[:, 1])
-        np.add.at(moving, col, frames[:, 2] == 1)
-        np.add.at(count, col, 1)
-    mean = np.divide(total, count, out=np.zeros(columns), where=count > 0)
+    judged = np.zeros(columns)
+    if len(rows):
+        scale = columns / (end - start)
+        first = np.clip(((rows[:, 0] - start) * scale).astype(np.int64), 0, columns - 1)
+        last = np.clip(((rows[:, 1] - start) * scale).astype(np.int64), 0, columns - 1)
+        one = first == last
+        col = first[one]
+        np.maximum.at(peak, col, rows[one, 2])
+        np.add.at(total, col, rows[one, 3])
+        np.add.at(moving, col, rows[one, 4])
+        np.add.at(count, col, rows[one, 5])
+        np.add.at(judged, col, rows[one, 6])
+        for i in np.flatnonzero(~one):
+            span = slice(int(first[i]), int(last[i]) + 1)
+            k = span.stop - span.start
+            peak[span] = np.maximum(peak[span], rows[i, 2])
+            total[span] += rows[i, 3] / k
+            moving[span] += _spread(rows[i, 4], k)
+            count[span] += _spread(rows[i, 5], k)
+            judged[span] += rows[i, 6] / k
+    mean = np.divide(total, judged, out=np.zeros(columns), where=judged > 0)
     return peak, mean, moving, count
 
 
@@ -467,16 +656,24 @@ def render_png(reports: list[RegionReport], start: float, end: float, clock: Clo
         plot_bottom = plot_top + plot_h
         who = rep.name if rep.machine_id is None else f"{rep.name} (machine {rep.machine_id})"
         longest = max((p.duration for p in rep.idle), default=0.0)
-        _put(img, f"{who}: RUNNING {_percent(rep.utilisation)} of the known time; {len(rep.idle)} idle periods"
-                  + (f", longest {_duration(longest)}" if rep.idle else ""), left, top + 20, 0.5, (0, 0, 0), 1)
+        _put(
+            img,
+            f"{who}: RUNNING {_percent(rep.utilisation)} of the known time; {len(rep.idle)} idle periods"
+            + (f", longest {_duration(longest)}" if rep.idle else ""),
+            left,
+            top + 20,
+            0.5,
+            (0, 0, 0),
+            1,
+        )
         for a, b, state in rep.segments:
             x0, x1 = x_of(a), max(x_of(a) + 1, x_of(b))
             cv2.rectangle(img, (x0, band_top), (x1 - 1, band_top + band_h), COLOURS[state], -1)
         cv2.rectangle(img, (left, band_top), (left + plot_w, band_top + band_h), (120, 120, 120), 1)
         # The fraction plot.
-        peak, mean, moving, count = bins(rep.frames, start, end, plot_w)
+        peak, mean, moving, count = bins(rep.samples, start, end, plot_w)
         covered = count > 0
-        top_value = float(np.percentile(rep.frames[:, 1], 99.5)) if len(rep.frames) else 0.0
+        top_value = float(np.percentile(rep.samples[:, 2], 99.5)) if len(rep.samples) else 0.0
         ymax = _nice_max(max(top_value, 0.005))
         cv2.rectangle(img, (left, plot_top), (left + plot_w, plot_bottom), (245, 245, 245), -1)
         for frac in (0.25, 0.5, 0.75, 1.0):
@@ -504,8 +701,15 @@ def render_png(reports: list[RegionReport], start: float, end: float, clock: Clo
                 run.append(p)
             if len(run) > 1:
                 cv2.polylines(img, [np.array(run, np.int32)], False, (60, 90, 30), 1, cv2.LINE_AA)
-        if not len(rep.frames):
-            _put(img, "no per-frame records in this period (rotated away?); states from the state-change log", left + 8, plot_top + 20, 0.42, (90, 90, 90))
+        if not len(rep.samples):
+            _put(
+                img,
+                "no frame records or summaries in this period (rotated away?); states from the state-change log",
+                left + 8,
+                plot_top + 20,
+                0.42,
+                (90, 90, 90),
+            )
         cv2.rectangle(img, (left, plot_top), (left + plot_w, plot_bottom), (120, 120, 120), 1)
         _put(img, "changed fraction", left + 4, plot_top + 14, 0.38, (90, 90, 90))
         last_right = -1
@@ -609,11 +813,13 @@ def _svg(rep: RegionReport, start: float, end: float, clock: Clock, chart_id: st
     for a, b, state in rep.segments:
         x0, x1 = x_of(a), x_of(b)
         tip = f"{state}: {clock.text(a)} to {clock.text(b)} ({_duration(b - a)})"
-        parts.append(f'<rect x="{x0:.2f}" y="{band_y}" width="{max(x1 - x0, 0.5):.2f}" height="{band_h}" fill="{_css(state)}">'
-                     f"<title>{html.escape(tip)}</title></rect>")
+        parts.append(
+            f'<rect x="{x0:.2f}" y="{band_y}" width="{max(x1 - x0, 0.5):.2f}" height="{band_h}" fill="{_css(state)}">'
+            f"<title>{html.escape(tip)}</title></rect>"
+        )
     parts.append(f'<rect x="{left}" y="{plot_y}" width="{plot}" height="{plot_h}" fill="#f6f6f6" stroke="#999"/>')
-    peak, mean, moving, count = bins(rep.frames, start, end, plot)
-    top_value = float(np.percentile(rep.frames[:, 1], 99.5)) if len(rep.frames) else 0.0
+    peak, mean, moving, count = bins(rep.samples, start, end, plot)
+    top_value = float(np.percentile(rep.samples[:, 2], 99.5)) if len(rep.samples) else 0.0
     ymax = _nice_max(max(top_value, 0.005))
     for frac in (0.5, 1.0):
         y = plot_y + plot_h - frac * plot_h
@@ -623,7 +829,8 @@ def _svg(rep: RegionReport, start: float, end: float, clock: Clock, chart_id: st
     for t in ticks:
         x = x_of(t)
         parts.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{plot_y}" y2="{plot_y + plot_h + 4}" stroke="#ddd"/>')
-        parts.append(f'<text x="{x:.1f}" y="{height - 6}" font-size="11" text-anchor="middle" fill="#444">{html.escape(clock.dt(t).strftime(fmt))}</text>')
+        label = html.escape(clock.dt(t).strftime(fmt))
+        parts.append(f'<text x="{x:.1f}" y="{height - 6}" font-size="11" text-anchor="middle" fill="#444">{label}</text>')
     covered = np.flatnonzero(count > 0)
     bars = []
     for c in covered:
@@ -643,41 +850,60 @@ def _svg(rep: RegionReport, start: float, end: float, clock: Clock, chart_id: st
         for run in (r for r in runs if len(r) > 1):
             pts = " ".join(f"{left + c + 0.5:.1f},{plot_y + plot_h - min(mean[c] / ymax, 1.0) * plot_h:.1f}" for c in run)
             parts.append(f'<polyline points="{pts}" fill="none" stroke="#2e6b1e" stroke-width="1"/>')
-    parts.append(f'<line class="cursor" x1="0" x2="0" y1="{band_y}" y2="{plot_y + plot_h}" stroke="#000" stroke-dasharray="3 2" style="display:none"/>')
+    parts.append(
+        f'<line class="cursor" x1="0" x2="0" y1="{band_y}" y2="{plot_y + plot_h}" stroke="#000" stroke-dasharray="3 2" '
+        'style="display:none"/>'
+    )
     parts.append("</svg>")
     offset = clock.dt(start).utcoffset()
     data = {
-        "start": start, "end": end, "width": width, "left": left, "plot": plot,
+        "start": start,
+        "end": end,
+        "width": width,
+        "left": left,
+        "plot": plot,
         "offset": offset.total_seconds() if offset else 0,
         "segments": [[round(a, 3), round(b, 3), s] for a, b, s in rep.segments],
-        "peak": [round(float(v), 4) for v in peak], "mean": [round(float(v), 4) for v in mean], "count": [int(v) for v in count],
+        "peak": [round(float(v), 4) for v in peak],
+        "mean": [round(float(v), 4) for v in mean],
+        "count": [int(v) for v in count],
     }
     blob = json.dumps(data, separators=(",", ":")).replace("</", "<\\/")
-    return (f'<div class="chart" id="{chart_id}">' + "".join(parts)
-            + f'<div class="readout"></div><script type="application/json">{blob}</script></div>')
+    return (
+        f'<div class="chart" id="{chart_id}">'
+        + "".join(parts)
+        + f'<div class="readout"></div><script type="application/json">{blob}</script></div>'
+    )
 
 
 def render_html(reports: list[RegionReport], start: float, end: float, clock: Clock, title: str, notes: list[str]) -> str:
     e = html.escape
     out = [_HTML_HEAD.format(title=e(title)), f"<h1>{e(title)}</h1>"]
-    out.append(f'<p class="sub">{e(clock.text(start))} to {e(clock.text(end))} ({e(clock.zone(start))}), '
-               f"{e(_duration(end - start))}. Generated {e(clock.text(dt.datetime.now().timestamp()))}.</p>")
+    out.append(
+        f'<p class="sub">{e(clock.text(start))} to {e(clock.text(end))} ({e(clock.zone(start))}), '
+        f"{e(_duration(end - start))}. Generated {e(clock.text(dt.datetime.now().timestamp()))}.</p>"
+    )
     for note in notes:
         out.append(f'<p class="warn">{e(note)}</p>')
     if not reports:
         out.append("<p>No motion records in this period.</p>")
     else:
         out.append("<h2>Utilisation</h2>")
-        out.append('<p class="sub">Utilisation: share of the time RUNNING among the time RUNNING, STOPPED or DEEP_SLEEP '
-                   "(UNKNOWN after a start and NO DATA left out).</p>")
-        out.append("<table><tr><th>region</th><th>machine</th><th class=num>utilisation</th><th class=num>running</th>"
-                   "<th class=num>stopped</th><th class=num>deep sleep</th><th class=num>unknown / no data</th>"
-                   "<th class=num>idle periods</th><th class=num>longest idle</th><th class=num>state changes</th></tr>")
+        out.append(
+            '<p class="sub">Utilisation: share of the time RUNNING among the time RUNNING, STOPPED or DEEP_SLEEP '
+            "(UNKNOWN after a start and NO DATA left out).</p>"
+        )
+        out.append(
+            "<table><tr><th>region</th><th>machine</th><th class=num>utilisation</th><th class=num>running</th>"
+            "<th class=num>stopped</th><th class=num>deep sleep</th><th class=num>unknown / no data</th>"
+            "<th class=num>idle periods</th><th class=num>longest idle</th><th class=num>state changes</th></tr>"
+        )
         for rep in reports:
             longest = max((p.duration for p in rep.idle), default=None)
             other = rep.totals.get(UNKNOWN, 0.0) + rep.totals.get(NO_DATA, 0.0)
             out.append(
-                f'<tr><td><a href="#r{reports.index(rep)}">{e(rep.name)}</a></td><td>{e("" if rep.machine_id is None else str(rep.machine_id))}</td>'
+                f'<tr><td><a href="#r{reports.index(rep)}">{e(rep.name)}</a></td>'
+                f"<td>{e('' if rep.machine_id is None else str(rep.machine_id))}</td>"
                 f'<td class="num util" data-region="{e(rep.name)}">{_percent(rep.utilisation)}</td>'
                 f"<td class=num>{_duration(rep.totals.get(RUNNING, 0.0))}</td><td class=num>{_duration(rep.totals.get(STOPPED, 0.0))}</td>"
                 f"<td class=num>{_duration(rep.totals.get(DEEP_SLEEP, 0.0))}</td><td class=num>{_duration(other)}</td>"
@@ -691,16 +917,21 @@ def render_html(reports: list[RegionReport], start: float, end: float, clock: Cl
         who = rep.name if rep.machine_id is None else f"{rep.name} (machine {rep.machine_id})"
         out.append(f'<h2 id="r{i}">{e(who)}: utilisation {_percent(rep.utilisation)}</h2>')
         out.append(_svg(rep, start, end, clock, f"chart{i}"))
-        if not len(rep.frames):
-            out.append('<p class="sub">No per-frame records in this period (rotated away?): the states come from the state-change log.</p>')
+        if not len(rep.samples):
+            out.append(
+                '<p class="sub">No frame records or summaries in this period (rotated away?): the states come from the '
+                "state-change log.</p>"
+            )
         out.append(f"<h3>Idle periods ({len(rep.idle)})</h3>")
         if rep.idle:
             out.append("<table><tr><th>start</th><th>end</th><th class=num>duration</th><th>deep sleep</th></tr>")
             for p in rep.idle:
                 begin = clock.text(p.start) + (" (or earlier)" if p.began_before else "")
                 finish = clock.text(p.end) + (" (still idle)" if p.ongoing else "")
-                out.append(f'<tr class="idle"><td>{e(begin)}</td><td>{e(finish)}</td><td class="num dur">{_duration(p.duration)}</td>'
-                           f"<td>{'yes' if p.deep else 'no'}</td></tr>")
+                out.append(
+                    f'<tr class="idle"><td>{e(begin)}</td><td>{e(finish)}</td><td class="num dur">{_duration(p.duration)}</td>'
+                    f"<td>{'yes' if p.deep else 'no'}</td></tr>"
+                )
             out.append("</table>")
         else:
             out.append("<p>None.</p>")
@@ -710,8 +941,10 @@ def render_html(reports: list[RegionReport], start: float, end: float, clock: Cl
             for c in rep.changes:
                 after = "" if c.duration_s is None else _duration(c.duration_s)
                 idle = "" if c.idle_s is None else _duration(c.idle_s)
-                out.append(f'<tr class="change"><td>{e(clock.text(c.ts))}</td><td>{e(c.old)} &rarr; {e(c.new)}</td>'
-                           f"<td class=num>{after}</td><td class=num>{idle}</td></tr>")
+                out.append(
+                    f'<tr class="change"><td>{e(clock.text(c.ts))}</td><td>{e(c.old)} &rarr; {e(c.new)}</td>'
+                    f"<td class=num>{after}</td><td class=num>{idle}</td></tr>"
+                )
             out.append("</table>")
         out.append("</details>")
     out.append(_HTML_SCRIPT)
@@ -725,18 +958,22 @@ def render_html(reports: list[RegionReport], start: float, end: float, clock: Cl
 def summary(reports: list[RegionReport], clock: Clock) -> str:
     lines = []
     for rep in reports:
-        lines.append(f"{rep.name}: utilisation {_percent(rep.utilisation)} (running {_duration(rep.totals.get(RUNNING, 0.0))}, "
-                     f"idle {_duration(sum(p.duration for p in rep.idle))} in {len(rep.idle)} periods, {len(rep.changes)} state changes)")
+        lines.append(
+            f"{rep.name}: utilisation {_percent(rep.utilisation)} (running {_duration(rep.totals.get(RUNNING, 0.0))}, "
+            f"idle {_duration(sum(p.duration for p in rep.idle))} in {len(rep.idle)} periods, {len(rep.changes)} state changes)"
+        )
         for p in rep.idle:
-            lines.append(f"  idle {clock.text(p.start)}{' (or earlier)' if p.began_before else ''} to {clock.text(p.end)}"
-                         f"{' (still idle)' if p.ongoing else ''}: {_duration(p.duration)}{', deep sleep' if p.deep else ''}")
+            lines.append(
+                f"  idle {clock.text(p.start)}{' (or earlier)' if p.began_before else ''} to {clock.text(p.end)}"
+                f"{' (still idle)' if p.ongoing else ''}: {_duration(p.duration)}{', deep sleep' if p.deep else ''}"
+            )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         description="Turn picamd's motion logs into a PNG plot and a self-contained HTML chart "
-                    "(utilisation per machine, idle periods, state changes).",
+        "(utilisation per machine, idle periods, state changes).",
         epilog="example: chart.py /var/lib/picamd/logs --since 2024-05-01T06:00 --png day.png --html day.html",
     )
     ap.add_argument("log_dir", metavar="LOG_DIR", help="the daemon's motion.log_dir")
@@ -746,7 +983,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--png", metavar="FILE", help="write the PNG plot here")
     ap.add_argument("--html", metavar="FILE", help="write the HTML chart here")
     ap.add_argument("--width", type=int, default=1600, help="PNG width in pixels (default 1600)")
-    ap.add_argument("--gap-s", type=float, default=60.0, help="a gap between frame records longer than this is NO DATA (default 60)")
+    ap.add_argument(
+        "--gap-s",
+        type=float,
+        default=60.0,
+        help="a gap between records (frames, or summaries from their first to their last frame) longer than this is NO DATA (default 60)",
+    )
     ap.add_argument("--utc", action="store_true", help="show and read times in UTC instead of the local time zone")
     ap.add_argument("--title", default="picamd motion", help="title of the charts")
     args = ap.parse_args(argv)
@@ -770,7 +1012,7 @@ def main(argv: list[str] | None = None) -> int:
             lines = "line that is not a valid record" if logs.skipped == 1 else "lines that are not valid records"
             notes.append(f"skipped {logs.skipped} {lines} ({detail})")
         if args.region:
-            found = set(logs.frames) | {c.region for c in logs.changes}
+            found = set(logs.frames) | set(logs.summaries) | {c.region for c in logs.changes}
             missing = sorted(set(args.region) - found)
             if missing:
                 notes.append(f"no records of {', '.join(missing)}")

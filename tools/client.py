@@ -3,6 +3,9 @@
 
     python tools/client.py http://raspberrypi:8080/stream
     python tools/client.py http://raspberrypi:8080/stream --count 100 --save frames/ --fps 2
+    python tools/client.py http://alice:secret@raspberrypi:8080/stream        # with http.users set
+    python tools/client.py http://raspberrypi:8080/stream --user alice        # asks for the password
+    PICAMD_HTTP_TOKEN=... python tools/client.py http://raspberrypi:8080/stream   # or --token TOKEN
 
 One line per frame, key=value pairs read from the part headers:
 
@@ -13,10 +16,13 @@ client reconnects with a growing pause and carries on; if the first connection
 fails it exits with status 1 and says why. Standard library only; with
 --decode, OpenCV (if installed) checks each JPEG and adds its size.
 """
+
 from __future__ import annotations
 
 import argparse
+import base64
 import datetime as dt
+import getpass
 import http.client
 import os
 import sys
@@ -50,31 +56,64 @@ def stream_url(url: str, fps: float | None) -> urllib.parse.SplitResult:
     return parts
 
 
-def open_stream(url: urllib.parse.SplitResult, timeout: float) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse, bytes]:
-    """Connect and check the answer; returns the connection, the response and the multipart boundary."""
+def authorization(
+    url: urllib.parse.SplitResult, user: str | None = None, password: str | None = None, token: str | None = None
+) -> str | None:
+    """The Authorization header: a token (Bearer), else `user` (Basic), else the URL's user:password@; None without any."""
+    if token:
+        return f"Bearer {token}"
+    if user is None and url.username is not None:
+        user, password = urllib.parse.unquote(url.username), urllib.parse.unquote(url.password or "")
+    if user is None:
+        return None
+    return "Basic " + base64.b64encode(f"{user}:{password or ''}".encode()).decode("ascii")
+
+
+def shown(url: urllib.parse.SplitResult) -> str:
+    """The URL for messages: a password in it becomes ***."""
+    if url.password is None:
+        return url.geturl()
+    host = url.netloc.rpartition("@")[2]
+    return url._replace(netloc=f"{url.username}:***@{host}").geturl()
+
+
+def open_stream(
+    url: urllib.parse.SplitResult, timeout: float, auth: str | None = None
+) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse, bytes]:
+    """Connect and check the answer; returns the connection, the response and the multipart boundary.
+
+    `auth` is the Authorization header; by default it comes from the URL's user:password@, if any.
+    """
     if not url.hostname:
-        raise StreamError(f"no host in {url.geturl()}", retry=False)
+        raise StreamError(f"no host in {shown(url)}", retry=False)
     cls = http.client.HTTPSConnection if url.scheme == "https" else http.client.HTTPConnection
     conn = cls(url.hostname, url.port, timeout=timeout)
     target = url.path + (f"?{url.query}" if url.query else "")
+    headers = {"User-Agent": "picamd-client", "Accept": "multipart/x-mixed-replace"}
+    credentials = auth if auth is not None else authorization(url)
+    if credentials:
+        headers["Authorization"] = credentials
     try:
-        conn.request("GET", target, headers={"User-Agent": "picamd-client", "Accept": "multipart/x-mixed-replace"})
+        conn.request("GET", target, headers=headers)
         resp = conn.getresponse()
     except OSError as exc:
         conn.close()
-        raise StreamError(f"cannot connect to {url.geturl()}: {exc.strerror or exc}") from None
+        raise StreamError(f"cannot connect to {shown(url)}: {exc.strerror or exc}") from None
     except http.client.HTTPException as exc:
         conn.close()
-        raise StreamError(f"{url.geturl()} did not answer HTTP: {exc!r}") from None
+        raise StreamError(f"{shown(url)} did not answer HTTP: {exc!r}") from None
     if resp.status != 200:
         text = resp.read(500).decode("utf-8", "replace").strip()
         conn.close()
-        # 503 (busy) may pass; 403, 404 and 400 will not fix themselves.
-        raise StreamError(f"{url.geturl()} answered {resp.status} {resp.reason}: {text}", retry=resp.status == 503)
+        if resp.status == 401:
+            hint = "wrong credentials" if credentials else "login required: give user:password@ in the URL, --user or --token"
+            raise StreamError(f"{shown(url)} answered 401 {resp.reason}: {hint}", retry=False)
+        # 503 (busy) and 429 (too many failed logins, for a while) may pass; 403, 404 and 400 will not fix themselves.
+        raise StreamError(f"{shown(url)} answered {resp.status} {resp.reason}: {text}", retry=resp.status in (429, 503))
     ctype = resp.getheader("Content-Type", "")
     if not ctype.lower().startswith("multipart/"):
         conn.close()
-        raise StreamError(f"{url.geturl()} is not an MJPEG stream (Content-Type: {ctype or 'none'})", retry=False)
+        raise StreamError(f"{shown(url)} is not an MJPEG stream (Content-Type: {ctype or 'none'})", retry=False)
     boundary = "frame"
     for param in ctype.split(";")[1:]:
         key, _, value = param.strip().partition("=")
@@ -181,6 +220,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=15.0, help="seconds without data before reconnecting (default 15)")
     ap.add_argument("--retries", type=int, default=-1, help="reconnect attempts after a drop before giving up (default: forever)")
     ap.add_argument("--decode", action="store_true", help="decode each JPEG with OpenCV and print its size")
+    ap.add_argument(
+        "--user",
+        metavar="NAME[:PASSWORD]",
+        help="log in as NAME (http.users); without :PASSWORD it comes from "
+        "PICAMD_HTTP_PASSWORD or a prompt. The URL's user:password@ works too",
+    )
+    ap.add_argument(
+        "--token",
+        default=os.environ.get("PICAMD_HTTP_TOKEN") or None,
+        help="a token of http.tokens, sent as 'Authorization: Bearer TOKEN' (default: $PICAMD_HTTP_TOKEN)",
+    )
     args = ap.parse_args(argv)
     if args.count < 0 or (args.fps is not None and not args.fps > 0) or args.timeout <= 0:
         ap.error("--count must be >= 0, --fps and --timeout > 0")
@@ -188,6 +238,14 @@ def main(argv: list[str] | None = None) -> int:
         url = stream_url(args.url, args.fps)
     except ValueError as exc:
         ap.error(str(exc))
+    user = password = None
+    if args.user:
+        user, colon, password = args.user.partition(":")
+        if not colon:
+            password = os.environ.get("PICAMD_HTTP_PASSWORD")
+            if password is None:
+                password = getpass.getpass(f"password of {user}: ")
+    auth = authorization(url, user, password, args.token)
     folder = None
     if args.save:
         folder = Path(args.save)
@@ -204,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         while True:
             try:
-                conn, resp, boundary = open_stream(url, args.timeout)
+                conn, resp, boundary = open_stream(url, args.timeout, auth)
             except StreamError as exc:
                 if not connected_once or not exc.retry:
                     print(f"error: {exc}", file=sys.stderr)
@@ -218,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
                 time.sleep(pause)
                 continue
             if connected_once:
-                print(f"reconnected to {url.geturl()}", file=sys.stderr, flush=True)
+                print(f"reconnected to {shown(url)}", file=sys.stderr, flush=True)
             connected_once = True
             try:
                 for headers, jpeg in read_parts(resp, boundary):

@@ -13,6 +13,7 @@ used, so the script can be copied to any machine with Python 3.
 
 Exit status: 0 when every frame arrived, 1 on any error (printed on stderr).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -108,12 +109,13 @@ def _write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
-def fetch(host: str, port: int, count: int, out_dir: Path, token: str | None = None, timeout: float = 15.0,
-          log=print) -> tuple[int, int, float]:
+def fetch(
+    host: str, port: int, count: int, out_dir: Path, token: str | None = None, timeout: float = 15.0, log=print
+) -> tuple[int, int, float]:
     """Receive `count` frames into `out_dir`. Returns (frames, bytes, seconds)."""
     try:
         sock = socket.create_connection((host, port), timeout=timeout)
-    except socket.timeout:
+    except TimeoutError:
         raise ShortStreamError(f"cannot connect to {host}:{port}: no answer within {timeout:g} s") from None
     except OSError as exc:
         raise ShortStreamError(f"cannot connect to {host}:{port}: {exc.strerror or exc}") from None
@@ -145,7 +147,7 @@ def fetch(host: str, port: int, count: int, out_dir: Path, token: str | None = N
             frames += 1
             total += length
             _write_atomic(out_dir / f"frame_{frames:04d}.jpg", data)
-    except socket.timeout:
+    except TimeoutError:
         raise ShortStreamError(f"the server sent nothing for {timeout:g} s (after {frames} frames)") from None
     except OSError as exc:
         raise ShortStreamError(f"connection to {host}:{port} failed after {frames} frames: {exc.strerror or exc}") from None

@@ -1,7 +1,8 @@
 """The capture loop: the heart of the daemon, and the ring's only writer.
 
 Per frame it does only what is cheap and bounded: read from the source,
-resize straight into the next ring slot, score the brightness, feed the
+resize straight into the next ring slot (or copy the camera's own
+downscaled frame there, `info["lores"]`), score the brightness, feed the
 night controller, run motion on the small frame, commit, and hand the
 full-resolution frame reference to the `LatestSlot`. Everything with I/O or a
 cost that grows with clients (JPEG, saving, HTTP, SMTP) happens on other
@@ -11,8 +12,10 @@ A source that raises, stalls or cannot be opened is closed and reopened with
 exponential backoff; meanwhile the daemon keeps serving and `health` says
 `camera: degraded (...)`.
 """
+
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 import time
@@ -22,13 +25,13 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 
-from daemon.core.bus import EventBus
-from daemon.config import Section
-from daemon.image.night import NightController, dark_score
 from daemon.capture.ring import FrameMeta, LatestSlot, Ring
-from daemon.sources.base import Source, SourceError
+from daemon.config import Section
+from daemon.core.bus import EventBus
 from daemon.core.status import ComponentStatus
 from daemon.core.worker import Worker
+from daemon.image.night import NightController, dark_score
+from daemon.sources.base import Source, SourceError
 
 log = logging.getLogger("picamd.capture")
 
@@ -66,6 +69,7 @@ class CaptureLoop:
         self._worker = Worker("capture", self._run, status=status, repeat=False)
         self._next_id = 1
         self._frames = 0
+        self._dropped = 0  # frames the source says it replaced before the loop took one (info["dropped"])
         self._fps = 0.0
         self._last_frame_mono: float | None = None
         self._opened_mono = time.monotonic()
@@ -75,6 +79,8 @@ class CaptureLoop:
         self._source_lock = threading.Lock()  # guards the source against the command threads' dumps
         self._described: dict[str, Any] = first_source.describe() if first_source else {}
         self._ring_wh = (ring.shape[1], ring.shape[0])
+        # How each ring frame was made: "isp" (the camera's lores stream), "copy" (same size) or "resize" (on the CPU).
+        self.ring_from: collections.Counter[str] = collections.Counter()
         camera.config.on_change("camera.framerate", lambda _k, v: setattr(self, "_pending_fps", v))
 
     # -- lifecycle
@@ -117,6 +123,8 @@ class CaptureLoop:
             "state": self.status.state,
             "source": self._described,
             "frames": self._frames,
+            "dropped": self._dropped,
+            "ring_from": dict(self.ring_from),
             "fps": round(self._fps, 2),
             "last_frame_age_s": None if age is None else round(age, 3),
             "reopens": self._reopens,
@@ -217,10 +225,16 @@ class CaptureLoop:
         now_mono = time.monotonic()
         now_wall = time.time()
         slot = self._ring.next_slot()
-        if frame.shape[1::-1] == self._ring_wh:
+        lores = info.get("lores")
+        if lores is not None and lores.shape == slot.shape:
+            np.copyto(slot, lores)  # the camera's ISP already downscaled it
+            self.ring_from["isp"] += 1
+        elif frame.shape[1::-1] == self._ring_wh:
             np.copyto(slot, frame)
+            self.ring_from["copy"] += 1
         else:
             cv2.resize(frame, self._ring_wh, dst=slot, interpolation=cv2.INTER_AREA)
+            self.ring_from["resize"] += 1
         score = dark_score(slot)
         meta = FrameMeta(
             frame_id=self._next_id,
@@ -230,6 +244,8 @@ class CaptureLoop:
             night=self._night.is_night,
             exposure_us=info.get("exposure_us"),
             gain=info.get("gain"),
+            extra={"source": self._described.get("source", "unknown")},  # X-Source: a synthetic frame says so everywhere
+            source_ts_ns=info.get("sensor_ts_ns"),
         )
         self._night.update(score, meta.exposure_us, meta.gain, now_mono, now_wall)
         for stage in self._stages:
@@ -238,6 +254,7 @@ class CaptureLoop:
         self._latest.put(frame, meta)
         self._next_id += 1
         self._frames += 1
+        self._dropped += int(info.get("dropped", 0))
         if self._last_frame_mono is not None:
             dt = now_mono - self._last_frame_mono
             if dt > 0:

@@ -8,12 +8,11 @@ every slot carries the id of the frame in it, set to -1 while the writer is
 filling it, and a reader that sees the id change during its copy drops that
 copy (a seqlock). So nothing a reader does can slow the writer.
 """
+
 from __future__ import annotations
 
 import bisect
 import logging
-import threading
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +34,8 @@ class FrameMeta:
     gain: float | None = None
     # Per-frame results of later stages (motion, detections): small JSON-able values.
     extra: dict[str, Any] = field(default_factory=dict)
+    # The source's own timestamp of the frame (picamera2's SensorTimestamp), to pair it with a JPEG the camera encoded; not sent.
+    source_ts_ns: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = {
@@ -75,6 +76,7 @@ class Ring:
         self._ids = np.full(capacity, -1, dtype=np.int64)  # -1: empty or being written
         self._metas: list[FrameMeta | None] = [None] * capacity
         self._ts = np.zeros(capacity, dtype=np.float64)
+        self._mono = np.zeros(capacity, dtype=np.float64)
         self._head = 0  # next slot to write
         self._count = 0
         self._newest = Latest[int]()  # readers wait here for a commit; the version is the frame id
@@ -90,6 +92,7 @@ class Ring:
         i = self._head
         self._metas[i] = meta
         self._ts[i] = meta.ts
+        self._mono[i] = meta.mono
         self._ids[i] = meta.frame_id
         self._head = (i + 1) % self.capacity
         self._count = min(self._count + 1, self.capacity)
@@ -145,6 +148,11 @@ class Ring:
             return None
         return self.latest()
 
+    def get(self, frame_id: int) -> tuple[np.ndarray, FrameMeta] | None:
+        """A copy of the frame `frame_id`, or None once it has been overwritten (a clip reads frames one at a time)."""
+        slots = np.flatnonzero(self._ids == frame_id)
+        return self._copy(int(slots[0])) if slots.size else None
+
     def metas(self) -> list[FrameMeta]:
         """Metadata of every frame held, oldest first (no pixels copied)."""
         return [m for i in self._order() if (m := self._metas[i]) is not None and self._ids[i] >= 0]
@@ -171,13 +179,14 @@ class Ring:
         return self._collect(order[-n:] if n > 0 else [])
 
     def last_seconds(self, seconds: float, limit: int | None = None, now: float | None = None) -> tuple[np.ndarray, list[FrameMeta]]:
-        """Frames whose wall-clock timestamps fall in the last `seconds` (judged by timestamps, not by frame rate)."""
+        """Frames taken in the last `seconds` (judged by their monotonic times, not by frame rate, so a step of the
+        wall clock cannot pick the wrong frames); `now` is a `time.monotonic()` value, default the newest frame's."""
         order = self._order()
         if not order:
             return self._collect([])
-        newest_ts = self._ts[order[-1]] if now is None else now
-        since = newest_ts - seconds
-        ts = [self._ts[i] for i in order]
+        newest = self._mono[order[-1]] if now is None else now
+        since = newest - seconds
+        ts = [self._mono[i] for i in order]
         start = bisect.bisect_left(ts, since)
         slots = order[start:]
         if limit is not None:

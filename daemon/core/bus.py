@@ -6,14 +6,16 @@ called on the publisher's thread, so they must be quick (append to a queue,
 set a value); a subscriber that raises is logged and never hurts the
 publisher, which is usually the capture loop.
 """
+
 from __future__ import annotations
 
 import logging
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 from daemon.core.repeat import RepeatedLog
 
@@ -27,9 +29,15 @@ class Event:
     kind: str
     data: dict[str, Any] = field(default_factory=dict)
     ts: float = field(default_factory=time.time)
+    #: Large binary parts (the annotated JPEG of a `detect.person`) for the channels that send them: never in
+    #: `to_dict()`, the logs, the history or MQTT, so an image is held only as long as someone is to send it.
+    attachments: Mapping[str, bytes] = field(default_factory=dict, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {"event": self.kind, "ts": self.ts, **self.data}
+
+    def without_attachments(self) -> Event:
+        return replace(self, attachments={}) if self.attachments else self
 
 
 Handler = Callable[[Event], None]
@@ -57,11 +65,11 @@ class EventBus:
 
         return unsubscribe
 
-    def publish(self, kind: str, **data: Any) -> Event:
-        event = Event(kind, data)
+    def publish(self, kind: str, /, attachments: Mapping[str, bytes] | None = None, **data: Any) -> Event:
+        event = Event(kind, data, attachments=dict(attachments or {}))
         with self._lock:
             subs = list(self._subs)
-            self._history.append(event)
+            self._history.append(event.without_attachments())
             if len(self._history) > self._history_len:
                 del self._history[: len(self._history) - self._history_len]
         for prefix, handler in subs:
@@ -70,8 +78,9 @@ class EventBus:
                     handler(event)
                 except Exception:  # a broken subscriber must not break the publisher
                     self.errors += 1
-                    self._errlog.log(logging.ERROR, f"{handler!r} {kind}", "event subscriber %r failed on %s", handler, kind,
-                                     exc_info=sys.exc_info()[1])
+                    self._errlog.log(
+                        logging.ERROR, f"{handler!r} {kind}", "event subscriber %r failed on %s", handler, kind, exc_info=sys.exc_info()[1]
+                    )
         return event
 
     def recent(self, prefix: str = "", limit: int = 50) -> list[Event]:

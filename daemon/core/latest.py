@@ -8,6 +8,7 @@ timeout. A slow reader never slows the producer and never sees a backlog: it
 skips straight to the newest value. `fail` wakes every reader with the
 producer's error (a dead camera, say) until the next `put`.
 """
+
 from __future__ import annotations
 
 import threading

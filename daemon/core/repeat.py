@@ -7,6 +7,7 @@ at once; later ones within `every_s` are only counted, and the next one after
 that is logged with the count of those in between ("... (and 312 more like
 it in the last 60 s)").
 """
+
 from __future__ import annotations
 
 import logging

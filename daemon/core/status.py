@@ -4,6 +4,7 @@ Every component owns one `ComponentStatus`; the app gathers them for the
 `health` command and `/health`. Loops record their own errors here instead of
 dying silently.
 """
+
 from __future__ import annotations
 
 import logging
@@ -53,15 +54,16 @@ class ComponentStatus:
             self._since = time.time()
         self._log.info("%s recovered after %.1f s (was: %s)", self.name, down_for, reason)
 
-    def error(self, message: str, exc: BaseException | None = None) -> None:
+    def error(self, message: str, exc: BaseException | None = None, *, key: str | None = None) -> None:
         """Count and remember an error. The first of a kind is logged at once, repeats once a minute with a count
-        (a full disk under load must not flood the journal); tracebacks only at debug level."""
+        (a full disk under load must not flood the journal); tracebacks only at debug level. The kind is `key`,
+        else the message: give a key when the message names what changes from one time to the next (a file)."""
         with self._lock:
             self.errors += 1
             self.last_error = message if exc is None else f"{message}: {exc}"
             self.last_error_ts = time.time()
             text = self.last_error
-        if self._errlog.error(message, "%s", text) and exc is not None:
+        if self._errlog.error(key or message, "%s", text) and exc is not None:
             self._log.debug("traceback", exc_info=exc)
 
     def snapshot(self) -> dict[str, Any]:

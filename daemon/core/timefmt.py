@@ -1,4 +1,5 @@
 """Durations as people read them in logs, notifications and charts."""
+
 from __future__ import annotations
 
 import math

@@ -9,11 +9,12 @@ at full speed on a persistent fault. `stop()` sets the event, calls the
 component's `on_stop` (to close a socket or wake a condition the step waits
 on) and joins within a bounded time.
 """
+
 from __future__ import annotations
 
 import logging
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 from .repeat import RepeatedLog
 from .status import ComponentStatus

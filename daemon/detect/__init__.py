@@ -16,6 +16,7 @@ groups load scikit-learn the first time they are computed.
 The built-in model (`models/`) is Google's Apache-2.0 SSD MobileNet v1 COCO;
 see models/README.md.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -14,6 +14,7 @@ one with the built-in backends, and an IMX500 or Hailo backend is one more
 returns a `Detector`; it imports its runtime only when called, so importing
 `daemon.detect` costs nothing.
 """
+
 from __future__ import annotations
 
 import abc

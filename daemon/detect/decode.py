@@ -20,6 +20,7 @@ other: each class's boxes are shifted by class id x (coordinate range + 1)
 so they cannot overlap), a box is dropped when its IoU with a kept box of
 higher score is above the threshold. Among equal scores the later anchor goes first.
 """
+
 from __future__ import annotations
 
 import math

@@ -15,6 +15,7 @@ does not use groups. Without scikit-learn, `find()` answers with no groups
 and the reason ("groups unavailable: scikit-learn is not installed") instead
 of failing.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -88,7 +89,7 @@ class GroupFinder:
 
     @property
     def status(self) -> str:
-        """"ok", "not loaded" (scikit-learn not yet needed) or why groups are unavailable."""
+        """ "ok", "not loaded" (scikit-learn not yet needed) or why groups are unavailable."""
         if self._reason is not None:
             return self._reason
         return "ok" if self._loaded else "not loaded"

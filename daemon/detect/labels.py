@@ -13,6 +13,7 @@ An Ultralytics TFLite export appends a zip member `metadata.json` to the
 flatbuffer (`names`, `task`, `imgsz`, licence), which `zipfile` reads; it names
 the classes when no label file is given.
 """
+
 from __future__ import annotations
 
 import json
@@ -56,7 +57,8 @@ class Labels:
             if not matches:
                 if self.source == "none":
                     raise DetectorUnavailable(
-                        f"class {name!r} needs a label file: the model names no classes (give its labels, or class ids)")
+                        f"class {name!r} needs a label file: the model names no classes (give its labels, or class ids)"
+                    )
                 known = [n for n in self.names if n != BACKGROUND]
                 hint = ", ".join(known[:12]) + (", ..." if len(known) > 12 else "")
                 raise DetectorUnavailable(f"class {name!r} is not among the model's labels ({self.source}: {hint})")

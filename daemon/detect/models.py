@@ -24,6 +24,7 @@ below 2 can only hold normalised boxes; otherwise the decoder looks at the
 largest cx over all anchors of each frame, which spans the grid whatever the
 scene: below 2 it is normalised.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -182,11 +183,13 @@ def classify_outputs(
     if min(a, b) in (6, 7):
         raise DetectorUnavailable(
             f"unknown output layout {list(shape)}: it looks like a YOLO export with NMS inside (box, score, class per row); "
-            "export it without NMS (Ultralytics: nms=False)")
+            "export it without NMS (Ultralytics: nms=False)"
+        )
     raise DetectorUnavailable(
         f"unknown output layout {list(shape)} for a {inp.width}x{inp.height} input: neither YOLOv8/11 (N = {n} anchors, "
         f"4 + C channels) nor YOLOv5 (N = {3 * n}, 5 + C channels)"
-        + ("" if label_count is None else f", nor 4 or 5 + {label_count} labels"))
+        + ("" if label_count is None else f", nor 4 or 5 + {label_count} labels")
+    )
 
 
 def _yolo(kind: str, out: TensorSpec, classes: int, anchors: int, *, channels_first: bool) -> OutputLayout:
@@ -205,7 +208,8 @@ def _ssd(outputs: Sequence[TensorSpec], shapes: list[list[int]]) -> OutputLayout
     if not shaped or rows[0].shape != rows[1].shape or rows[0].shape[1] != boxes[0].shape[1]:
         raise DetectorUnavailable(
             f"unknown output layout: 4 outputs {shapes}, but not an SSD post-process "
-            "(boxes [1, K, 4], classes [1, K], scores [1, K], count [1])")
+            "(boxes [1, K, 4], classes [1, K], scores [1, K], count [1])"
+        )
     if any(t.dtype != np.float32 for t in outputs):
         dtypes = [t.dtype.name for t in outputs]
         raise DetectorUnavailable(f"unknown output layout: SSD post-process outputs should be float32, not {dtypes}")

@@ -23,6 +23,7 @@ Buffers are allocated once per frame size; every step writes into them with
 OpenCV's `dst=` (ROIs included), so a frame costs no allocation but the
 resize of a changed size.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -208,14 +209,14 @@ class Preprocessor:
             raise ValueError(f"frame must be a BGR uint8 array of shape (h, w, 3), not {got}")
         frame_h, frame_w = frame_bgr.shape[:2]
         zone = self.zone_for(zone_spec, frame_w, frame_h)
-        src = frame_bgr if zone is None else frame_bgr[zone.y0:zone.y1, zone.x0:zone.x1]
+        src = frame_bgr if zone is None else frame_bgr[zone.y0 : zone.y1, zone.x0 : zone.x1]
         g = self.geometry(src.shape[1], src.shape[0], zone)
         assert self._resized is not None
         if (g.new_w, g.new_h) == (g.src_w, g.src_h):
             resized = src  # Ultralytics skips the resize at the input's own size; so do we (it would be a copy)
         else:
             resized = cv2.resize(src, (g.new_w, g.new_h), dst=self._resized, interpolation=cv2.INTER_LINEAR)
-        roi = self._canvas[g.pad_y:g.pad_y + g.new_h, g.pad_x:g.pad_x + g.new_w]
+        roi = self._canvas[g.pad_y : g.pad_y + g.new_h, g.pad_x : g.pad_x + g.new_w]
         cv2.cvtColor(resized, cv2.COLOR_BGR2RGB, dst=roi)
         self._quantise(out[0])
         return g

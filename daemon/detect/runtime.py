@@ -15,6 +15,7 @@ interpreter really took: "xnnpack" when its execution plan holds delegate
 nodes, else "builtin" (tflite-runtime 2.14's wheels leave an int8 graph on
 the built-in kernels even by default).
 """
+
 from __future__ import annotations
 
 import importlib

@@ -9,6 +9,7 @@ One instance is one interpreter, which is not thread-safe: a lock makes a
 second caller wait rather than corrupt a run (the daemon's worker is meant
 to be the only caller).
 """
+
 from __future__ import annotations
 
 import threading
@@ -38,7 +39,8 @@ class TFLiteDetector(Detector):
             except ValueError as exc:
                 raise DetectorUnavailable(f"bad zone: {exc}") from None
         self.loaded: LoadedInterpreter = load_interpreter(
-            self.model_path, threads=options.threads, kernels=options.kernels, runtime=options.runtime)
+            self.model_path, threads=options.threads, kernels=options.kernels, runtime=options.runtime
+        )
         interp = self.loaded.interpreter
         self.input = read_input(interp.get_input_details())
         outputs = [TensorSpec.from_details(d) for d in interp.get_output_details()]
@@ -60,10 +62,14 @@ class TFLiteDetector(Detector):
                 raise DetectorUnavailable(f"class ids {bad} are outside the model's {self.classes} classes")
         self.keep = np.asarray(keep, np.int64) if keep is not None else None
         ssd = self.layout.kind == "ssd"
-        self.preprocessor = Preprocessor(
-            self.input, mode="stretch" if ssd else "letterbox", normalisation="signed" if ssd else "unit")
-        self.decoder = None if ssd else YoloDecoder(
-            self.layout, input_w=self.input.width, input_h=self.input.height, score_threshold=options.score_threshold, keep=self.keep)
+        self.preprocessor = Preprocessor(self.input, mode="stretch" if ssd else "letterbox", normalisation="signed" if ssd else "unit")
+        self.decoder = (
+            None
+            if ssd
+            else YoloDecoder(
+                self.layout, input_w=self.input.width, input_h=self.input.height, score_threshold=options.score_threshold, keep=self.keep
+            )
+        )
         self._lock = threading.Lock()
 
     # --- facts -------------------------------------------------------------------------------------
@@ -101,8 +107,10 @@ class TFLiteDetector(Detector):
     def summary(self) -> str:
         i = self.input
         keep = "all classes" if self.keep is None else "keep " + ", ".join(self.labels.name(int(c)) for c in self.keep)
-        return (f"{self.model_path.name}: {i.width}x{i.height} {i.dtype.name}, {self.layout.describe()}, {self.classes} classes; "
-                f"{self.loaded.runtime.label}, {self.loaded.kernel_path} kernels, {self.loaded.threads} threads; {keep}")
+        return (
+            f"{self.model_path.name}: {i.width}x{i.height} {i.dtype.name}, {self.layout.describe()}, {self.classes} classes; "
+            f"{self.loaded.runtime.label}, {self.loaded.kernel_path} kernels, {self.loaded.threads} threads; {keep}"
+        )
 
     # --- running -----------------------------------------------------------------------------------
 
@@ -146,8 +154,9 @@ class TFLiteDetector(Detector):
         interp, layout, o = self.loaded.interpreter, self.layout, self.options
         if layout.kind == "ssd":
             b, c, s, n = (interp.get_tensor(t.index) for t in layout.tensors)
-            return decode_ssd(b, c, s, n, input_w=self.input.width, input_h=self.input.height,
-                              score_threshold=o.score_threshold, keep=self.keep)
+            return decode_ssd(
+                b, c, s, n, input_w=self.input.width, input_h=self.input.height, score_threshold=o.score_threshold, keep=self.keep
+            )
         assert self.decoder is not None
         return self.decoder(interp.get_tensor(layout.tensors[0].index))
 

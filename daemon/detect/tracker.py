@@ -22,6 +22,7 @@ Rules, all in plain return values (the daemon turns them into events):
 
 Not thread-safe: one caller (the detection worker) updates it.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -130,6 +131,18 @@ class Tracker:
     def reset(self) -> None:
         """Forget every track (ids keep counting up, so an id is never reused)."""
         self._tracks = []
+
+    def expire(self, now: float, max_age_s: float) -> list[Track]:
+        """Drop the tracks last seen more than `max_age_s` ago, with no update needed; returns the confirmed ones dropped.
+
+        The detection worker calls it by the clock, so tracks end even when a
+        scene gone still runs no inference (and the count falls to zero)."""
+        if max_age_s < 0:
+            raise ValueError(f"max_age_s must be >= 0, not {max_age_s!r}")
+        stale = [t for t in self._tracks if now - t.last_seen > max_age_s]
+        if stale:
+            self._tracks = [t for t in self._tracks if now - t.last_seen <= max_age_s]
+        return [t for t in stale if t.confirmed]
 
     def update(self, detections: Sequence[Detection], now: float) -> TrackUpdate:
         """Match one frame's detections (`now` in seconds, monotonic) to the tracks."""

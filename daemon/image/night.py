@@ -33,23 +33,25 @@ Switching calls `apply_camera(night)` on the capture thread (the caller owns
 the source); commands only record a request that the next frame carries out.
 Every key is read live from the config section.
 """
+
 from __future__ import annotations
 
 import logging
 import math
 import threading
 import time
-from datetime import datetime, timezone
-from typing import Any, Callable
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
 
 import cv2
 import numpy as np
 
-from daemon.image import sun
-from daemon.core.bus import EventBus
 from daemon.commands import Command, Handler, Registry, Reply, Session
 from daemon.config import Section
+from daemon.core.bus import EventBus
 from daemon.core.status import ComponentStatus
+from daemon.image import sun
 
 log = logging.getLogger("picamd.night")
 
@@ -61,7 +63,7 @@ SATURATED_SCORE = 250.0
 # The sun moves a quarter of a degree a minute at most; refreshing it this often is plenty.
 SUN_REFRESH_S = 30.0
 # Before this wall-clock time the clock is not set (no RTC, no NTP yet) and the sun cannot be trusted.
-CLOCK_SANE_AFTER = datetime(2020, 1, 1, tzinfo=timezone.utc).timestamp()
+CLOCK_SANE_AFTER = datetime(2020, 1, 1, tzinfo=UTC).timestamp()
 # A camera that refused a switch is asked again after min_dwell_s, but never more often than this.
 MIN_RETRY_S = 5.0
 # Each failed saturation probe doubles the wait before the next, at most this many times (32 x min_dwell_s).
@@ -108,12 +110,18 @@ def _summary(applied: dict[str, Any]) -> str:
 
 
 def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="seconds")
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
 
 
 class NightController:
-    def __init__(self, cfg: Section, bus: EventBus, apply_camera: Callable[[bool], dict],
-                 status: ComponentStatus | None = None, command_wait_s: float = 3.0) -> None:
+    def __init__(
+        self,
+        cfg: Section,
+        bus: EventBus,
+        apply_camera: Callable[[bool], dict],
+        status: ComponentStatus | None = None,
+        command_wait_s: float = 3.0,
+    ) -> None:
         """`cfg` is the live `night` section; `apply_camera(night)` switches the source and returns what it applied.
 
         `command_wait_s` is how long `night day|night` waits for the capture
@@ -304,8 +312,11 @@ class NightController:
                     self._sun_blocked_logged = True
                     log.info(
                         "dark for %d frames, but the sun is %.1f° up (night needs it below %.1f°): staying in day mode; "
-                        "is something covering the lens?", self._dark_run, self._sun_alt or 0.0,
-                        self._sun_cfg.altitude_deg + self._sun_cfg.margin_deg)
+                        "is something covering the lens?",
+                        self._dark_run,
+                        self._sun_alt or 0.0,
+                        self._sun_cfg.altitude_deg + self._sun_cfg.margin_deg,
+                    )
                 return None, ""
             self._sun_blocked_logged = False
             return True, "dark"
@@ -322,8 +333,11 @@ class NightController:
                 self._sun_blocked_logged = True
                 log.info(
                     "bright for %d frames, but the sun is %.1f° down (day needs it above %.1f°): staying in night mode; "
-                    "lights shining into the camera?", self._bright_run, self._sun_alt or 0.0,
-                    self._sun_cfg.altitude_deg - self._sun_cfg.margin_deg)
+                    "lights shining into the camera?",
+                    self._bright_run,
+                    self._sun_alt or 0.0,
+                    self._sun_cfg.altitude_deg - self._sun_cfg.margin_deg,
+                )
             return None, ""
         self._sun_blocked_logged = False
         return False, reason
@@ -336,15 +350,16 @@ class NightController:
             self._sun_checked_mono = None
             return
         place = (sc.latitude, sc.longitude)
-        if (self._sun_checked_mono is not None and place == self._sun_place
-                and now_mono - self._sun_checked_mono < SUN_REFRESH_S):
+        if self._sun_checked_mono is not None and place == self._sun_place and now_mono - self._sun_checked_mono < SUN_REFRESH_S:
             return
         self._sun_checked_mono, self._sun_place = now_mono, place
         if now_wall < CLOCK_SANE_AFTER:
             if not self._clock_warned:
                 self._clock_warned = True
-                log.warning("the clock says %s, which cannot be right (no RTC, NTP not synced yet?): "
-                            "sun gating paused until the clock is set", _iso(now_wall))
+                log.warning(
+                    "the clock says %s, which cannot be right (no RTC, NTP not synced yet?): sun gating paused until the clock is set",
+                    _iso(now_wall),
+                )
             self._sun_alt = None
             return
         if self._clock_warned:
@@ -378,12 +393,12 @@ class NightController:
             self._last_apply_error = f"{type(exc).__name__}: {exc}"
             self._retry_at = now_mono + wait
             self._last_result = {"ok": False, "error": self._last_apply_error, "retry_in_s": wait}
-        self.status.error(f"the camera refused {word} mode (staying in {'night' if self._night else 'day'} mode, "
-                          f"retrying in {wait:.0f} s)", exc)
+        self.status.error(
+            f"the camera refused {word} mode (staying in {'night' if self._night else 'day'} mode, retrying in {wait:.0f} s)", exc
+        )
         self.status.degrade(f"camera refused {word} mode: {exc}")
 
-    def _switch(self, night: bool, reason: str, score: float, day_eq: float, threshold: float,
-                now_mono: float, now_wall: float) -> None:
+    def _switch(self, night: bool, reason: str, score: float, day_eq: float, threshold: float, now_mono: float, now_wall: float) -> None:
         try:
             applied = self._call_camera(night)
         except Exception as exc:
@@ -419,20 +434,30 @@ class NightController:
         if sun_alt is not None:
             data["sun_altitude"] = round(sun_alt, 2)
         self._bus.publish("night.enter" if night else "night.exit", **data)
-        log.info("%s", self._describe_switch(night, reason, score, day_eq, threshold, dark_frames, bright_frames,
-                                             applied, sun_alt, probe_wait))
+        log.info(
+            "%s", self._describe_switch(night, reason, score, day_eq, threshold, dark_frames, bright_frames, applied, sun_alt, probe_wait)
+        )
 
-    def _describe_switch(self, night: bool, reason: str, score: float, day_eq: float, threshold: float,
-                         dark_frames: int, bright_frames: int, applied: dict, sun_alt: float | None,
-                         probe_wait: float) -> str:
+    def _describe_switch(
+        self,
+        night: bool,
+        reason: str,
+        score: float,
+        day_eq: float,
+        threshold: float,
+        dark_frames: int,
+        bright_frames: int,
+        applied: dict,
+        sun_alt: float | None,
+        probe_wait: float,
+    ) -> str:
         head = "night mode on" if night else "night mode off"
         if reason == "dark":
             why = f"day-equivalent brightness {day_eq:.1f} stayed below {threshold:g} for {dark_frames} frames"
         elif reason == "bright":
             why = f"day-equivalent brightness {day_eq:.1f} stayed above {threshold:g} for {bright_frames} frames"
         elif reason == "saturated":
-            why = (f"night frames saturated (score {score:.0f}) for {bright_frames} frames; "
-                   "checking the light at day exposure")
+            why = f"night frames saturated (score {score:.0f}) for {bright_frames} frames; checking the light at day exposure"
         elif reason == "forced":
             why = "forced by command (automatic switching is off until 'night auto')"
         else:
@@ -489,8 +514,12 @@ class NightController:
                     "gain": round(self._day_ref_gain, 3),
                     "from": "camera" if self._day_ref_reported else "default",
                 },
-                "night_camera": {"mode": cfg.mode, "exposure_us": cfg.exposure_us, "gain": cfg.gain,
-                                 "applied": self._night_applied or None},
+                "night_camera": {
+                    "mode": cfg.mode,
+                    "exposure_us": cfg.exposure_us,
+                    "gain": cfg.gain,
+                    "applied": self._night_applied or None,
+                },
                 "frames": self._frames,
                 "switches": self._switches,
                 "apply_failures": self._apply_failures,
@@ -518,8 +547,7 @@ class NightController:
             crossing = sun.next_crossing(lat, lon, when, sc.altitude_deg)
             if crossing is not None:
                 ts, direction = crossing
-                figures["next"] = {"crossing_deg": sc.altitude_deg, "direction": direction,
-                                   "at": _iso(ts), "in_s": round(ts - when)}
+                figures["next"] = {"crossing_deg": sc.altitude_deg, "direction": direction, "at": _iso(ts), "in_s": round(ts - when)}
             else:
                 figures["next"] = None  # polar day or night for the next two days
         return figures
@@ -545,13 +573,19 @@ class NightController:
 
     # -- commands
     def register_commands(self, registry: Registry) -> None:
-        registry.register(Command(
-            "night_level", self._cmd_level,
-            "Day or night, the day-equivalent brightness and the threshold that matters now; JSON details follow"))
+        registry.register(
+            Command(
+                "night_level",
+                self._cmd_level,
+                "Day or night, the day-equivalent brightness and the threshold that matters now; JSON details follow",
+            )
+        )
         registry.register(Command("night", self._cmd_night, "Show the mode: DAY or NIGHT, automatic or forced"))
-        for choice, what in (("auto", "Give the decision back to the brightness rule"),
-                             ("day", "Force day mode (automatic switching off until 'night auto')"),
-                             ("night", "Force night mode (automatic switching off until 'night auto')")):
+        for choice, what in (
+            ("auto", "Give the decision back to the brightness rule"),
+            ("day", "Force day mode (automatic switching off until 'night auto')"),
+            ("night", "Force night mode (automatic switching off until 'night auto')"),
+        ):
             registry.register(Command("night", self._force_handler(choice), what, mutating=True, sub=choice))
 
     def _force_handler(self, choice: str) -> Handler:
@@ -593,8 +627,7 @@ class NightController:
             seq = self._request_seq
             if self._night == want:
                 self._handled_seq = max(self._handled_seq, seq)
-                log.info("%s mode held by command from %s (automatic switching off until 'night auto')",
-                         choice, session.peer)
+                log.info("%s mode held by command from %s (automatic switching off until 'night auto')", choice, session.peer)
                 return Reply(True, f"{word} forced; already in {choice} mode; held until 'night auto'")
             log.info("%s mode requested by command from %s", choice, session.peer)
             done = self._done.wait_for(lambda: self._handled_seq >= seq, timeout=self._command_wait_s)
@@ -604,5 +637,9 @@ class NightController:
             return Reply(True, f"{word} forced; no frame for {self._command_wait_s:g} s, it applies with the next frame")
         if now_night == want:
             return Reply(True, f"{word} forced; held until 'night auto'", body={"applied": result.get("applied", {})})
-        return Reply(True, f"{word} forced, but the camera refused it ({result.get('error', 'unknown error')}); "
-                           f"retrying every {result.get('retry_in_s', MIN_RETRY_S):g} s", body=result)
+        return Reply(
+            True,
+            f"{word} forced, but the camera refused it ({result.get('error', 'unknown error')}); "
+            f"retrying every {result.get('retry_in_s', MIN_RETRY_S):g} s",
+            body=result,
+        )

@@ -12,6 +12,7 @@ twilight ends at -6, nautical at -12, astronomical at -18 degrees. Sunrise and
 sunset are the geometric altitude -0.833 degrees (refraction plus the sun's
 radius), the default of `sun_times`.
 """
+
 from __future__ import annotations
 
 import math
@@ -45,9 +46,7 @@ def _declination_and_eot(julian_century: float) -> tuple[float, float]:
     ecc = 0.016708634 - t * (0.000042037 + 0.0000001267 * t)
     m = math.radians(mean_anom)
     centre = (
-        math.sin(m) * (1.914602 - t * (0.004817 + 0.000014 * t))
-        + math.sin(2 * m) * (0.019993 - 0.000101 * t)
-        + math.sin(3 * m) * 0.000289
+        math.sin(m) * (1.914602 - t * (0.004817 + 0.000014 * t)) + math.sin(2 * m) * (0.019993 - 0.000101 * t) + math.sin(3 * m) * 0.000289
     )
     true_long = mean_long + centre
     omega = math.radians(125.04 - 1934.136 * t)
@@ -128,8 +127,9 @@ def _bisect_crossing(lat: float, lon: float, lo: float, hi: float, altitude_deg:
     return (lo + hi) / 2.0
 
 
-def next_crossing(lat_deg: float, lon_deg: float, unix_ts: float, altitude_deg: float,
-                  within_s: float = 2 * _DAY_S, step_s: float = 600.0) -> tuple[float, str] | None:
+def next_crossing(
+    lat_deg: float, lon_deg: float, unix_ts: float, altitude_deg: float, within_s: float = 2 * _DAY_S, step_s: float = 600.0
+) -> tuple[float, str] | None:
     """When the sun next crosses `altitude_deg` after `unix_ts`, and whether it is then "rising" or "setting".
 
     Searches `within_s` seconds ahead in steps of `step_s` (the sun cannot

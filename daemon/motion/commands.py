@@ -46,13 +46,35 @@ class MotionCommands:
             )
         )
         registry.register(Command("regions", self._cmd_regions, "The configured motion regions and masks, and how each is measured"))
-        add_help = ("Add a rectangular motion region (pixels of the full frame, or fractions 0..1; MIN: fraction of the "
-                    "region <= 1 or changed pixels > 1); applies from the next frame")
-        registry.register(Command("region", lambda a, s: self._region_add(a), add_help, usage="NAME X Y W H [MIN]",
-                                  mutating=True, min_args=5, max_args=6, sub="add"))
+        add_help = (
+            "Add a rectangular motion region (pixels of the full frame, or fractions 0..1; MIN: fraction of the "
+            "region <= 1 or changed pixels > 1); applies from the next frame"
+        )
+        registry.register(
+            Command(
+                "region",
+                lambda a, s: self._region_add(a),
+                add_help,
+                usage="NAME X Y W H [MIN]",
+                mutating=True,
+                min_args=5,
+                max_args=6,
+                sub="add",
+            )
+        )
         for word in _DELETE_WORDS:
-            registry.register(Command("region", lambda a, s: self._region_del(" ".join(a)), "Delete a motion region; applies from the next frame" + ("" if word == "del" else " (same as del)"),
-                                      usage="NAME", mutating=True, min_args=1, max_args=None, sub=word))
+            registry.register(
+                Command(
+                    "region",
+                    lambda a, s: self._region_del(" ".join(a)),
+                    "Delete a motion region; applies from the next frame" + ("" if word == "del" else " (same as del)"),
+                    usage="NAME",
+                    mutating=True,
+                    min_args=1,
+                    max_args=None,
+                    sub=word,
+                )
+            )
 
     def _cmd_motion(self, args: list[str], session: Session) -> Reply:
         motion = self._motion

@@ -23,8 +23,8 @@ for `settle_s` seconds. There are two ways in, and only two:
   other components: they publish, Motion listens, nobody calls into it (the
   capture loop does not, and a frame's `meta.night` flag is not read). A
   PTZ mover joins the same way: it publishes when a move starts, again at
-  least every `settle_s` while it lasts, and when the camera has stopped;
-  its kinds go into `RESET_EVENTS`. The settling it causes is what pauses
+  least every `settle_s` while it lasts, and when the camera has stopped
+  (`ptz.moving`, from daemon/ptz). The settling it causes is what pauses
   motion events, and a detector gated by motion with them.
 `reset(reason)` queues a reset for the next frame (thread-safe); the bus
 handler uses it. While settling, `meta.extra` carries `motion_settling: true`
@@ -68,7 +68,7 @@ from daemon.core.bus import Event, EventBus
 from daemon.core.status import ComponentStatus
 from daemon.core.timefmt import format_duration
 from daemon.motion.commands import MotionCommands
-from daemon.motion.log import DEEP_SLEEP_LOG, STATE_LOG, MotionLog, motion_log_name
+from daemon.motion.log import DEEP_SLEEP_LOG, STATE_LOG, MotionLog
 from daemon.motion.machine import DEEP_SLEEP, RUNNING, SETTLING, UNKNOWN, Machine, Transition
 from daemon.motion.measure import Compiled, Geometry, Pass, PassPlan, PassSettings, build_passes, compile_regions, plan_passes
 
@@ -79,7 +79,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("picamd.motion")
 
-RESET_EVENTS = ("night.enter", "night.exit", "camera.recovered")  # bus events that re-baseline and settle
+RESET_EVENTS = ("night.enter", "night.exit", "camera.recovered", "ptz.moving")  # bus events that re-baseline and settle
 _PLAN_KEYS = ("motion.method", "motion.blur", "motion.pixel_threshold", "motion.dilate")  # settings that shape the passes
 
 
@@ -98,6 +98,7 @@ class _Params:
     deep_sleep_s: float
     brightness_jump: float
     settle_s: float
+    log_frames: bool
 
     @classmethod
     def read(cls, cfg: Section) -> _Params:
@@ -113,6 +114,7 @@ class _Params:
             deep_sleep_s=float(cfg.deep_sleep_s),
             brightness_jump=float(cfg.brightness_jump),
             settle_s=float(cfg.settle_s),
+            log_frames=bool(cfg.log_frames),
         )
 
 
@@ -135,7 +137,7 @@ class _Region:
         "geometry",
         "index",
         "label",
-        "log_name",
+        "log_stem",
         "machine",
         "min_fraction",
         "min_pixels",
@@ -173,7 +175,7 @@ class _Region:
         self.min_fraction = geometry.spec.min_fraction or 0.0  # set whenever min_pixels is not
         self.running_fraction = geometry.spec.running_fraction  # None: the global one
         self.label = geometry.spec.name + "="  # X-Motion: name=FRACTION:STATE
-        self.log_name = motion_log_name(geometry.spec.file_stem)
+        self.log_stem = geometry.spec.file_stem  # its log files are named after it
 
 
 class Motion:
@@ -228,6 +230,9 @@ class Motion:
             cfg.log_dir,
             max_bytes=lambda: int(self._cfg.log_max_mb * 1024 * 1024),
             keep=lambda: self._cfg.log_keep,
+            interval_s=lambda: self._cfg.log_interval_s,
+            frames_max_bytes=lambda: int(self._cfg.log_frames_max_mb * 1024 * 1024),
+            frames_keep=lambda: self._cfg.log_frames_keep,
             on_problem=lambda reason: self._set_problem("logs", reason),
             queue_size=log_queue_size,
             retry_s=log_retry_s,
@@ -417,8 +422,8 @@ class Motion:
                     self._announce(region, change, meta)
             state = machine.state
             parts.append(f"{region.label}{fraction:.4f}:{SETTLING if settling else state}")
-            records.append((region.log_name, ts, frame_id, spec.name, fraction, pixels, moving, state, settling))
-        self.log.frames(records)
+            records.append((region.log_stem, ts, frame_id, spec.name, fraction, pixels, moving, state, settling))
+        self.log.frames(records, p.log_frames)
         meta.extra["motion"] = ";".join(parts)
         if settling:
             meta.extra["motion_settling"] = True
@@ -547,5 +552,5 @@ class Motion:
             "measure_errors": self.measure_errors,
             "regions": {s["name"]: s for s in self.region_states()},
             "region_errors": list(self._region_errors),
-            "log": self.log.stats(),
+            "log": {**self.log.stats(), "per_frame": self._params.log_frames},
         }

@@ -70,6 +70,14 @@ import numpy as np
 
 from daemon.motion.regions import Point, RegionSpec, parse_masks, parse_regions, read_regions
 
+#: cv2.hasNonZero came with OpenCV 4.7; Debian 12 and Raspberry Pi OS bookworm ship 4.6 (python3-opencv).
+_CV2_HAS_NONZERO = hasattr(cv2, "hasNonZero")
+
+
+def _has_nonzero(mask: np.ndarray) -> bool:
+    return bool(cv2.hasNonZero(mask)) if _CV2_HAS_NONZERO else cv2.countNonZero(mask) > 0
+
+
 SMALL_REGION_PX = 24  # below this many ring pixels a side, measure on the full frame when there is one
 _SHIFT = 4  # fillPoly fixed-point bits: sub-pixel polygon corners
 # A pass of its own costs about as much as this many more pixels in a shared one: about 10 us of calls against
@@ -138,6 +146,7 @@ class Geometry:
         return {
             "name": self.spec.name,
             "bbox": [round(x0, 1), round(y0, 1), round(x1 - x0, 1), round(y1 - y0, 1)],
+            "points": [[round(x, 1), round(y, 1)] for x, y in self.spec.points],  # the outline in full-frame pixels (the page draws it)
             "area_px": round(self.spec.area_px),
             "measured_on": self.source,
             "measured_size": [self.width, self.height],
@@ -432,7 +441,7 @@ class Pass:
             cv2.bitwise_and(diff, self.block_mask, dst=diff)
         cv2.threshold(diff, self.threshold - 1, 255, cv2.THRESH_BINARY, dst=self.changed)
         self.measured = True
-        self.changes = cv2.hasNonZero(self.changed)
+        self.changes = _has_nonzero(self.changed)
         if self.changes:  # a still scene, the common case, needs no dilation and no counting
             if self.kernel is not None:
                 cv2.dilate(self.changed, self.kernel, dst=self.dilated)

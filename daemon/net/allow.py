@@ -1,8 +1,9 @@
 """Client allow-lists shared by the command port and the HTTP server."""
+
 from __future__ import annotations
 
 import ipaddress
-from typing import Iterable
+from collections.abc import Iterable
 
 
 def peer_allowed(address: str, networks: Iterable[str]) -> bool:

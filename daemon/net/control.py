@@ -19,31 +19,44 @@ command later than that, and keeps the connection until `idle_timeout_s`; a
 program that holds one connection sends `stay` first.
 
 One thread (`picamd-control`) accepts connections and never waits on a
-client: peers outside `control.allow` and connections over
-`control.max_clients` get one `ERR` line written without blocking, and the
-same thread drains and closes them a moment later (closing a socket with
-unread input makes the kernel send a reset, which can destroy the `ERR` line
-before the client reads it). Every accepted client gets its own thread
-(`picamd-control-<n>`), so a slow command, a silent client or one that never
-reads its replies only ever holds up itself: reads wake every second to check
-the idle timeout, and a reply that cannot be sent within `send_timeout_s`
-drops that client.
+client: peers outside `control.allow` get one `ERR` line written without
+blocking, and the same thread drains and closes them a moment later (closing
+a socket with unread input makes the kernel send a reset, which can destroy
+the `ERR` line before the client reads it). When `control.max_clients` are
+connected, a newcomer takes the place of the connection idle longest: first
+one that never sent a command (once it is older than `control.grace_s`),
+else the one whose last command is oldest; blank lines are no command. Only
+when every connection is running a command, or is within its grace, is the
+newcomer refused with `ERR too many connections`. Every accepted client gets
+its own thread (`picamd-control-<n>`), so a slow command, a silent client or
+one that never reads its replies only ever holds up itself: reads wake every
+second to check the idle timeout, and a reply that cannot be sent within
+`send_timeout_s` drops that client.
+
+A wrong `token` costs time: the reply comes after a delay that doubles with
+every failure of the connection or of its address (0.5 s, 1 s, 2 s, ... at
+most `_MAX_TOKEN_DELAY_S`), the third failure on a connection closes it, and
+failures are counted in `health` and logged once a minute per address.
 """
+
 from __future__ import annotations
 
+import functools
 import logging
+import select
 import selectors
 import socket
 import threading
 import time
-from typing import Any, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from daemon.commands import Command, Registry, Reply, Session
-from daemon.config import Section
-from daemon.net.allow import peer_allowed
+from daemon.config import Section, redact_text
 from daemon.core.repeat import RepeatedLog
 from daemon.core.status import ComponentStatus
 from daemon.core.worker import Worker
+from daemon.net.allow import peer_allowed
 
 log = logging.getLogger("picamd.control")
 
@@ -56,6 +69,14 @@ _MAX_LINGERING = 64
 _RECV_BYTES = 65536
 # A first command line this soon after connecting comes from a pipe, not from a person typing.
 _SCRIPT_FIRST_LINE_S = 0.3
+# Wrong tokens: the first costs this long, each further one twice as long, up to the maximum.
+_TOKEN_DELAY_S = 0.5
+_MAX_TOKEN_DELAY_S = 8.0
+# A connection is closed at this many wrong tokens.
+_MAX_TOKEN_FAILURES = 3
+# An address's failures are remembered this long (so reconnecting does not reset the delay), for this many addresses.
+_TOKEN_MEMORY_S = 600.0
+_TOKEN_MEMORY_ADDRESSES = 1024
 
 
 class _Client:
@@ -67,6 +88,11 @@ class _Client:
         self.ip = ip
         self.peer = f"{ip}:{port}"
         self.worker: Worker | None = None
+        self.connected = time.monotonic()
+        self.last_command: float | None = None  # when its last command (not a blank line) was answered
+        self.busy = False  # running a command: never dropped for a newcomer
+        self.penalised = False  # waiting out a wrong token: dropped first
+        self.dropped = threading.Event()  # set when it was dropped to make room
         self._lock = threading.Lock()
         self._closed = False
 
@@ -116,9 +142,20 @@ class ControlServer:
             "dropped_slow": 0,
             "idle_closed": 0,
             "stream_errors": 0,
+            "dropped_for_newcomer": 0,
+            "token_failures": 0,
+            "token_disconnects": 0,
         }
-        registry.register(Command("stay", self._stay, "Keep this connection open until control.idle_timeout_s, "
-                                  "for a program that sends its first command at once and holds the connection"))
+        self._token_log = RepeatedLog(log, max_keys=_TOKEN_MEMORY_ADDRESSES)  # one line per address a minute, then a count
+        self._ip_failures: dict[str, tuple[int, float]] = {}  # address -> (recent wrong tokens, monotonic time of the last)
+        registry.register(
+            Command(
+                "stay",
+                self._stay,
+                "Keep this connection open until control.idle_timeout_s, "
+                "for a program that sends its first command at once and holds the connection",
+            )
+        )
 
     # -- lifecycle
     @property
@@ -127,10 +164,13 @@ class ControlServer:
         return self._port
 
     def start(self) -> None:
-        """Listen and start accepting. A bind failure (port taken) degrades the component and is retried in the background."""
+        """Listen and start accepting. Raises OSError saying why when the port cannot be listened on (taken, a foreign address):
+        the daemon then exits non-zero, so systemd restarts it and the journal says why."""
         if self._acceptor.alive:
             return
-        self._listen()
+        failed = self._listen()
+        if failed:
+            raise OSError(failed)
         self._acceptor.start()
         self._stop = self._acceptor.stopping  # the client threads watch the same event as the acceptor
 
@@ -168,39 +208,28 @@ class ControlServer:
         }
 
     # -- accepting
-    def _listen(self) -> bool:
+    def _listen(self) -> str | None:
+        """Bind and listen; returns why it failed, or None."""
         bind, port = self._cfg.bind, self._cfg.port
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((bind, port))
-            sock.listen(128)
-            sock.setblocking(False)
+            sock = listen_socket(bind, port)
         except OSError as exc:
-            sock.close()
-            self._status.degrade(f"cannot listen on {bind}:{port}: {exc.strerror or exc}")
-            return False
+            return f"command port cannot listen on {bind}:{port}: {exc.strerror or exc}"
         self._listener = sock
         self._port = sock.getsockname()[1]
         self._status.recover()
         log.info("command port listening on %s:%d", bind, self._port)
-        return True
+        return None
 
     def _serve(self) -> None:
         selector = selectors.DefaultSelector()
         lingering: dict[socket.socket, float] = {}
-        retry_s = 1.0
         try:
             while not self._stop.is_set():
                 try:
                     if self._listener is None:
-                        if self._stop.wait(retry_s):
-                            break
-                        retry_s = min(retry_s * 2, 30.0)
-                        if not self._listen():
-                            continue
-                        retry_s = 1.0
-                    if self._listener is not None and not _registered(selector, self._listener):
+                        break  # start() only runs this loop with a listening socket
+                    if not _registered(selector, self._listener):
                         selector.register(self._listener, selectors.EVENT_READ)
                     for key, _ in selector.select(timeout=0.25):
                         if key.fileobj is self._listener:
@@ -244,13 +273,23 @@ class ControlServer:
         if not peer_allowed(ip, self._cfg.allow):
             self._refuse(selector, lingering, sock, ip, f"not allowed from {ip}", "refused_not_allowed")
             return
+        victim: _Client | None = None
         with self._lock:
             over = len(self._clients) >= self._cfg.max_clients
+            if over:
+                victim = self._victim()
+                if victim is not None:
+                    victim.dropped.set()  # from now on its own thread never writes to it again
+                    self._clients.pop(victim.number, None)
+                    self._counts["dropped_for_newcomer"] += 1
+                    over = False
             if not over:
                 self._next_number += 1
                 client = _Client(self._next_number, sock, ip, port)
                 self._clients[client.number] = client
                 self._counts["connections_total"] += 1
+        if victim is not None:
+            self._drop_for_newcomer(victim, ip)
         if over:
             self._refuse(selector, lingering, sock, ip, "too many connections", "refused_too_many")
             return
@@ -263,8 +302,57 @@ class ControlServer:
             self._status.error(f"cannot start a thread for {client.peer}", exc)
             client.close()
 
-    def _refuse(self, selector: selectors.BaseSelector, lingering: dict[socket.socket, float], sock: socket.socket,
-                ip: str, reason: str, counter: str) -> None:
+    def _victim(self) -> _Client | None:
+        """The connection to drop for a newcomer (call with the lock held): one waiting out a wrong token, then the oldest
+        that never sent a command (past its grace), then the one whose last command is oldest; never one running a command."""
+        now = time.monotonic()
+        grace = self._cfg.grace_s
+        best: tuple[tuple[int, float], _Client] | None = None
+        for c in self._clients.values():
+            if c.penalised:
+                rank = (0, c.connected)
+            elif c.busy:
+                continue
+            elif c.last_command is None:
+                if now - c.connected < grace:
+                    continue
+                rank = (1, c.connected)
+            else:
+                rank = (2, c.last_command)
+            if best is None or rank < best[0]:
+                best = (rank, c)
+        return best[1] if best is not None else None
+
+    def _drop_for_newcomer(self, victim: _Client, newcomer: str) -> None:
+        since = victim.last_command if victim.last_command is not None else victim.connected
+        idle = time.monotonic() - since
+        self._refusals.log(
+            logging.INFO,
+            f"drop {victim.ip}",
+            "command port full: dropped the connection from %s (%s for %.0f s) to make room for %s",
+            victim.peer,
+            "silent" if victim.last_command is None else "idle",
+            idle,
+            newcomer,
+        )
+        try:
+            # A few bytes into a send buffer nobody else writes to any more: never blocks.
+            victim.sock.send(
+                Reply.error("dropped: the command port is full and this connection was idle longest").encode(), socket.MSG_DONTWAIT
+            )
+        except OSError:
+            pass
+        victim.shutdown()
+
+    def _refuse(
+        self,
+        selector: selectors.BaseSelector,
+        lingering: dict[socket.socket, float],
+        sock: socket.socket,
+        ip: str,
+        reason: str,
+        counter: str,
+    ) -> None:
         with self._lock:
             self._counts[counter] += 1
         self._log_refusal(ip, reason)
@@ -302,7 +390,7 @@ class ControlServer:
     def _converse(self, client: _Client) -> str:
         """Read lines and answer them until the client leaves. Returns why the conversation ended."""
         sock = client.sock
-        session = Session(peer=client.peer)
+        session = Session(peer=client.peer, connected=functools.partial(_peer_connected, sock))
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
@@ -326,7 +414,7 @@ class ControlServer:
             try:
                 sock.settimeout(min(_READ_POLL_S, idle_left))
                 data = sock.recv(_RECV_BYTES)
-            except (TimeoutError, socket.timeout):
+            except TimeoutError:
                 continue
             except OSError as exc:
                 return f"read failed: {exc.strerror or exc}"
@@ -334,7 +422,7 @@ class ControlServer:
             if not data:
                 # Half-close (echo cmd | nc -N): a last line without newline is still a command.
                 if pending and not discarding and not self._stop.is_set():
-                    self._answer(client, session, bytes(pending))
+                    self._run_line(client, session, bytes(pending))
                 return "closed by the client"
             pending += data
             while True:
@@ -348,9 +436,11 @@ class ControlServer:
                     continue
                 if self._stop.is_set():
                     return "server stopping"
+                if not line.strip():
+                    continue  # a blank line is no command and no activity (an interactive user pressing enter)
                 if scripted is None:
                     scripted = time.monotonic() - connected <= _SCRIPT_FIRST_LINE_S
-                end = self._answer(client, session, line)
+                end = self._run_line(client, session, line)
                 if end:
                     return end
                 last_activity = time.monotonic()
@@ -360,7 +450,7 @@ class ControlServer:
             elif len(pending) > max_line + 1:  # +1: room for the \r of a \r\n line
                 pending.clear()
                 discarding = True
-                end = self._too_long(client, max_line)
+                end = self._busy(client, functools.partial(self._too_long, client, max_line))
                 if end:
                     return end
         return "server stopping"
@@ -375,6 +465,24 @@ class ControlServer:
             self._counts["lines_too_long"] += 1
         log.debug("%s sent a line over %d bytes", client.peer, max_line)
         return self._send(client, Reply.error(f"line too long (max {max_line} bytes)"))
+
+    def _run_line(self, client: _Client, session: Session, raw: bytes) -> str | None:
+        """Answer one line as a busy connection (never dropped for a newcomer meanwhile). Returns a reason to end."""
+        return self._busy(client, lambda: self._answer(client, session, raw))
+
+    def _busy(self, client: _Client, work: Callable[[], str | None]) -> str | None:
+        """Run `work` (which answers the client) unless the client was dropped; meanwhile it is never dropped, so
+        only one thread ever writes to its socket."""
+        with self._lock:
+            if client.dropped.is_set():
+                return "dropped to make room for a newcomer"
+            client.busy = True
+        try:
+            return work()
+        finally:
+            with self._lock:
+                client.busy = False
+                client.last_command = time.monotonic()
 
     def _answer(self, client: _Client, session: Session, raw: bytes) -> str | None:
         """Run one line and send its reply. Returns a reason when the connection must end."""
@@ -391,12 +499,61 @@ class ControlServer:
             reply = Reply.error("command is not valid UTF-8 text")
         else:
             line = text
+            failures, authorized = session.auth_failures, session.authorized
             reply = self._registry.dispatch(text, session)
+            if session.auth_failures > failures:
+                end = self._wrong_token(client, session)
+                if end:
+                    if not client.dropped.is_set():
+                        self._send(client, Reply.error(f"wrong token; closing this connection after {session.auth_failures} wrong tokens"))
+                    return end
+            elif session.authorized and not authorized:
+                with self._lock:
+                    self._ip_failures.pop(client.ip, None)
         with self._lock:
             self._counts["commands_served"] += 1
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s: %s -> %s", client.peer, _loggable(line), reply.first_line()[:120])
         return self._send(client, reply)
+
+    def _wrong_token(self, client: _Client, session: Session) -> str | None:
+        """Count, log and wait out a wrong token. Returns a reason when the connection must end."""
+        now = time.monotonic()
+        with self._lock:
+            self._counts["token_failures"] += 1
+            count, last = self._ip_failures.get(client.ip, (0, now))
+            count = 1 if now - last > _TOKEN_MEMORY_S else count + 1
+            self._ip_failures[client.ip] = (count, now)
+            if len(self._ip_failures) > _TOKEN_MEMORY_ADDRESSES:
+                del self._ip_failures[min(self._ip_failures, key=lambda ip: self._ip_failures[ip][1])]
+            client.penalised = True
+        self._token_log.log(
+            logging.WARNING,
+            f"token {client.ip}",
+            "wrong token from %s (%d on this connection, %d from %s in the last %.0f s)",
+            client.peer,
+            session.auth_failures,
+            count,
+            client.ip,
+            _TOKEN_MEMORY_S,
+        )
+        n = min(max(session.auth_failures, count), 16)
+        deadline = now + min(_TOKEN_DELAY_S * 2 ** (n - 1), _MAX_TOKEN_DELAY_S)
+        try:
+            while not self._stop.is_set() and not client.dropped.is_set() and (left := deadline - time.monotonic()) > 0:
+                client.dropped.wait(min(left, 0.25))
+        finally:
+            with self._lock:
+                client.penalised = False
+        if client.dropped.is_set():
+            return "dropped to make room for a newcomer"
+        if self._stop.is_set():
+            return "server stopping"
+        if session.auth_failures >= _MAX_TOKEN_FAILURES:
+            with self._lock:
+                self._counts["token_disconnects"] += 1
+            return f"{session.auth_failures} wrong tokens"
+        return None
 
     def _send(self, client: _Client, reply: Reply) -> str | None:
         """Write a reply (and its stream, if any). Returns a reason when the connection must end."""
@@ -410,7 +567,7 @@ class ControlServer:
         try:
             client.sock.settimeout(self._send_timeout_s)
             client.sock.sendall(head)
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             _close_stream(reply.stream)
             return self._dropped_slow(client)
         except OSError as exc:
@@ -438,7 +595,7 @@ class ControlServer:
                     return "stream failed"
                 try:
                     client.sock.sendall(chunk)
-                except (TimeoutError, socket.timeout):
+                except TimeoutError:
                     return self._dropped_slow(client)
                 except OSError as exc:
                     return f"write failed: {exc.strerror or exc}"
@@ -453,6 +610,32 @@ class ControlServer:
 
 
 # -- helpers of the accept loop
+
+
+def _peer_connected(sock: socket.socket) -> bool:
+    """Whether the client of a connection is still there, without reading its next command: False once it closed the
+    connection or its sending side, or the connection broke. Asked by a long command (a stack) on the client's thread.
+
+    A half-closed client (`nc -N`) may still read; TCP cannot tell it from one that has gone without writing to it,
+    and a command the client cannot cancel must not run on for nobody, so both count as gone."""
+    try:
+        poller = select.poll()
+        poller.register(sock, select.POLLIN | getattr(select, "POLLRDHUP", 0))
+        events = poller.poll(0)
+    except (OSError, ValueError):  # the socket is closed already
+        return False
+    if not events:
+        return True
+    revents = events[0][1]
+    if revents & (select.POLLERR | select.POLLHUP | select.POLLNVAL | getattr(select, "POLLRDHUP", 0)):
+        return False
+    try:  # readable: the next command, or (where POLLRDHUP does not exist) the end of the stream
+        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) != b""
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+
 
 def _registered(selector: selectors.BaseSelector, sock: socket.socket) -> bool:
     try:
@@ -494,7 +677,26 @@ def _close_stream(stream: Iterator[bytes] | None) -> None:
 def _loggable(line: str | None) -> str:
     if line is None:
         return "<not UTF-8>"
-    name, _, _ = line.strip().partition(" ")
+    name, _, rest = line.strip().partition(" ")
     if name.lower() == "token":
         return "token ***"  # never write the secret to the journal
+    if name.lower() == "set":
+        key, _, value = rest.strip().partition(" ")
+        return repr(f"{name} {key} {redact_text(key, value.strip())}"[:120])  # a token, a webhook key, a password
     return repr(line[:120])
+
+
+def listen_socket(bind: str, port: int) -> socket.socket:
+    """A non-blocking listening TCP socket on bind:port (IPv4 or IPv6 as the address is). Raises OSError."""
+    infos = socket.getaddrinfo(bind, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(128)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock

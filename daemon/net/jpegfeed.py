@@ -9,7 +9,23 @@ and the capture loop never waits for anyone.
 While nobody watches (no `with feed.watch():` open), nothing is encoded.
 `snapshot()` encodes the newest frame on demand when the slot does not
 already hold it.
+
+An optional `overlay(frame, meta)` (the detector's boxes with
+detect.draw_boxes) returns the image to encode: a drawn copy, or the frame
+itself. It runs once per encoded frame, on the encoder thread, and never
+changes the frame it is given, so the ring and saved frames stay raw.
+
+With a `camera_jpeg` (the Pi's hardware MJPEG encoder, Pi 4 and older) the
+JPEGs come from the camera instead, under the same rules: one per frame for
+every consumer, only while someone watches (the camera's encoder is stopped
+otherwise), each paired with its frame's metadata by the frame's sensor
+timestamp. That applies while nothing is drawn on the image and
+mjpeg.resolution is `full` (what the camera encodes); a frame with a drawing,
+a frame the camera has no JPEG for, and `snapshot()` are encoded on the CPU
+as before. A change of mjpeg.quality reaches the camera, which restarts its
+encoder at the new quality.
 """
+
 from __future__ import annotations
 
 import collections
@@ -18,7 +34,7 @@ import logging
 import struct
 import threading
 import time
-from typing import Iterator
+from collections.abc import Callable, Iterator
 
 import cv2
 import numpy as np
@@ -29,6 +45,7 @@ from daemon.config import Section
 from daemon.core.latest import HandoffFailed, Latest
 from daemon.core.status import ComponentStatus
 from daemon.core.worker import Worker
+from daemon.sources.base import CameraJpeg
 
 log = logging.getLogger("picamd.encoder")
 
@@ -41,9 +58,27 @@ class JpegFeed:
     frame_wait_s = 10.0
     #: How long the encoder waits for a frame before re-checking its settings and the stop flag.
     poll_s = 0.5
+    #: How long the encoder waits for the camera's JPEG of a frame before encoding that frame itself.
+    camera_wait_s = 0.25
+    #: After a frame had a drawing on it, the camera's encoder stays off this long (boxes come and go; each restart costs).
+    camera_rearm_s = 10.0
 
-    def __init__(self, cfg: Section, ring: Ring, latest: LatestSlot, status: ComponentStatus) -> None:
+    def __init__(
+        self,
+        cfg: Section,
+        ring: Ring,
+        latest: LatestSlot,
+        status: ComponentStatus,
+        *,
+        overlay: Callable[[np.ndarray, FrameMeta], np.ndarray] | None = None,
+        camera_jpeg: CameraJpeg | None = None,
+    ) -> None:
         self._cfg = cfg
+        self._overlay = overlay
+        self._camera_jpeg = camera_jpeg
+        self._camera_on = False  # whether the camera was asked to encode (only the encoder thread changes it)
+        self._camera_jpegs = 0  # frames whose JPEG came from the camera
+        self._drawn_mono: float | None = None  # when a frame last had a drawing on it
         self._ring = ring
         self._latest = latest
         self._status = status
@@ -65,7 +100,8 @@ class JpegFeed:
 
     def stop(self) -> None:
         self._worker.stop()
-        log.info("encoder stopped after %d encodes", self._encodes)
+        self._camera_off()
+        log.info("encoder stopped after %d encodes (and %d JPEGs from the camera)", self._encodes, self._camera_jpegs)
 
     def _wake_all(self) -> None:
         self._out.fail("the encoder stopped")  # consumers blocked in wait_newer end now
@@ -74,7 +110,7 @@ class JpegFeed:
 
     # -- consumers
     @contextlib.contextmanager
-    def watch(self) -> Iterator["JpegFeed"]:
+    def watch(self) -> Iterator[JpegFeed]:
         """Register as a consumer for the duration of the block; the encoder runs while anyone watches."""
         with self._watch_cond:
             self._watchers += 1
@@ -91,7 +127,13 @@ class JpegFeed:
 
     @property
     def encodes(self) -> int:
+        """JPEGs encoded on the CPU."""
         return self._encodes
+
+    @property
+    def camera_jpegs(self) -> int:
+        """Frames whose JPEG came from the camera's encoder."""
+        return self._camera_jpegs
 
     @property
     def newest_id(self) -> int:
@@ -129,7 +171,7 @@ class JpegFeed:
         if cached is not None and cached[1].frame_id == meta.frame_id:
             return cached
         try:
-            jpeg = self._encode(frame)
+            jpeg = self._encode(self._overlaid(frame, meta))
         except Exception as exc:
             self._status.error("snapshot encode failed", exc)
             return cached
@@ -149,9 +191,13 @@ class JpegFeed:
     # -- the encoder thread
     def _step(self) -> None:
         with self._watch_cond:
-            if self._watchers == 0:
-                self._watch_cond.wait(1.0)
-                return
+            idle = self._watchers == 0
+        if idle:
+            self._camera_off()  # nobody watches: the camera's encoder stops as well
+            with self._watch_cond:
+                if self._watchers == 0:
+                    self._watch_cond.wait(1.0)
+            return
         try:
             self._encode_next()
         except Exception as exc:
@@ -169,7 +215,10 @@ class JpegFeed:
             return  # the last watcher left while we waited: nobody wants this frame
         frame, meta = got
         self._attempted_id = meta.frame_id
-        jpeg = self._encode(frame)
+        image = self._overlaid(frame, meta)
+        jpeg = self._from_camera(image, frame, meta)
+        if jpeg is None:
+            jpeg = self._encode(image)
         self._publish(jpeg, meta, only_if_newer=False)
         if not self._status.ok:
             self._status.recover()
@@ -203,6 +252,48 @@ class JpegFeed:
             return self._ring.newest_id
         got = self._latest.get()
         return got[1].frame_id if got is not None else -1
+
+    def _overlaid(self, frame: np.ndarray, meta: FrameMeta) -> np.ndarray:
+        if self._overlay is None:
+            return frame
+        try:
+            return self._overlay(frame, meta)
+        except Exception as exc:  # a broken overlay costs the drawing, never the stream
+            self._status.error("stream overlay failed", exc)
+            return frame
+
+    def _from_camera(self, image: np.ndarray, frame: np.ndarray, meta: FrameMeta) -> bytes | None:
+        """The camera's own JPEG of this frame where that path applies; None to encode `image` here."""
+        cam = self._camera_jpeg
+        if cam is None:
+            return None
+        now = time.monotonic()
+        if image is not frame:
+            self._drawn_mono = now
+        sensor_ts = meta.source_ts_ns
+        applies = (
+            image is frame
+            and sensor_ts is not None
+            and self._cfg.resolution == "full"
+            and not self._use_ring()
+            and (self._drawn_mono is None or now - self._drawn_mono >= self.camera_rearm_s)
+        )
+        if not applies or sensor_ts is None:
+            self._camera_off()
+            return None
+        self._camera_on = cam.want(int(self._cfg.quality))
+        if not self._camera_on or cam.size() != (frame.shape[1], frame.shape[0]):
+            return None  # not running (yet), or encoding another size than the stream's frames
+        jpeg = cam.jpeg_for(sensor_ts, self.camera_wait_s)
+        if jpeg is not None:
+            with self._stats_lock:
+                self._camera_jpegs += 1
+        return jpeg
+
+    def _camera_off(self) -> None:
+        if self._camera_on and self._camera_jpeg is not None:
+            self._camera_jpeg.want(None)
+        self._camera_on = False
 
     def _encode(self, frame: np.ndarray) -> bytes:
         started = time.monotonic()
@@ -242,15 +333,22 @@ class JpegFeed:
             "last_jpeg_bytes": len(jpeg) if jpeg is not None else 0,
             "quality": self._cfg.quality,
             "resolution": self._cfg.resolution,
+            "camera_jpegs": self._camera_jpegs,
+            "camera_encoder": self._camera_jpeg.describe() if self._camera_jpeg is not None else None,
         }
 
     # -- commands
     def register_commands(self, registry: Registry) -> None:
-        registry.register(Command(
-            "shortstream", self._cmd_shortstream,
-            f"Send the next N frames (1..{SHORTSTREAM_MAX}) as JPEGs, each after a 4-byte big-endian length; a zero length ends",
-            usage="N", min_args=1, max_args=1,
-        ))
+        registry.register(
+            Command(
+                "shortstream",
+                self._cmd_shortstream,
+                f"Send the next N frames (1..{SHORTSTREAM_MAX}) as JPEGs, each after a 4-byte big-endian length; a zero length ends",
+                usage="N",
+                min_args=1,
+                max_args=1,
+            )
+        )
 
     def _cmd_shortstream(self, args: list[str], session: Session) -> Reply:
         try:
@@ -276,8 +374,13 @@ class JpegFeed:
                 while sent < count and not self._worker.stopping.is_set():
                     got = self.wait_newer(last_id, self.frame_wait_s)
                     if got is None:
-                        log.warning("shortstream to %s ended after %d of %d frames: no new frame within %.0f s",
-                                    peer, sent, count, self.frame_wait_s)
+                        log.warning(
+                            "shortstream to %s ended after %d of %d frames: no new frame within %.0f s",
+                            peer,
+                            sent,
+                            count,
+                            self.frame_wait_s,
+                        )
                         break
                     jpeg, meta = got
                     last_id = meta.frame_id

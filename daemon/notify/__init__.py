@@ -1,25 +1,29 @@
-"""Notifications: events from the bus go out by webhook and email, from a background sender.
+"""Notifications: events from the bus go out by webhook, email and alerts, from a background sender.
 
 `Notifier` subscribes to the bus, keeps only the event kinds listed in
 `notify.events` (read at each event, so `set notify.events ...` applies at
 once), and hands them to the `Sender`, whose worker thread does the network
 I/O with timeouts, retries and backoff. Publishing never waits on a network.
 """
+
 from __future__ import annotations
 
 import logging
 import os
 import socket
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
-from daemon.core.bus import Event, EventBus
 from daemon.commands import Command, Registry, Reply, Session
+from daemon.core.bus import Event, EventBus
 from daemon.core.status import ComponentStatus
+
+from .alerts import AlertChannel
 from .email import EmailChannel
 from .sender import Channel, Sender, SendError, format_duration, summarize
 from .webhook import WebhookChannel
 
-__all__ = ["Notifier", "Channel", "SendError", "Sender", "EmailChannel", "WebhookChannel", "format_duration", "summarize"]
+__all__ = ["Notifier", "Channel", "SendError", "Sender", "AlertChannel", "EmailChannel", "WebhookChannel", "format_duration", "summarize"]
 
 log = logging.getLogger("picamd.notify")
 
@@ -45,17 +49,22 @@ class Notifier:
         self._bus = bus
         self._status = status
         self._host = socket.gethostname() or "picamd"
-        self._sender = Sender(cfg, status, [
-            WebhookChannel(cfg.section("webhook"), self._host),
-            EmailChannel(cfg.section("email"), self._host, env),
-        ])
+        self._sender = Sender(
+            cfg,
+            status,
+            [
+                WebhookChannel(cfg.section("webhook"), self._host),
+                EmailChannel(cfg.section("email"), self._host, env),
+                AlertChannel(cfg.section("alerts"), lambda: str(cfg.config.get("camera.name")), self._host),
+            ],
+        )
         self._unsubscribe: Callable[[], None] | None = None
         self.ignored = 0  # events seen on the bus that notify.events does not select
         # A corrected URL or server should not leave the status degraded on the old one's failures.
         cfg.on_change(self._on_config_change)
 
     def _on_config_change(self, name: str, value: Any) -> None:
-        if name.startswith(("notify.webhook.", "notify.email.")):
+        if name.startswith(("notify.webhook.", "notify.email.", "notify.alerts.")):
             self._sender.forget_failures()
 
     def add_channel(self, channel: Channel) -> None:
@@ -64,10 +73,10 @@ class Notifier:
 
     # -- the bus side: runs on the publisher's thread, so it only filters and appends
     def _on_event(self, event: Event) -> None:
-        if event.kind != TEST_EVENT and not kind_selected(event.kind, self._cfg.events):
+        selected = event.kind == TEST_EVENT or kind_selected(event.kind, self._cfg.events)
+        # Not selected, it may still go to a channel that selects its own events (a sweep's report).
+        if not self._sender.enqueue(event, selected) and not selected:
             self.ignored += 1
-            return
-        self._sender.enqueue(event)
 
     def start(self) -> None:
         if self._unsubscribe is None:
@@ -79,8 +88,10 @@ class Notifier:
         if ways:
             log.info("notifications by %s; events: %s", "; ".join(ways), ", ".join(map(str, self._cfg.events)) or "(none)")
         else:
-            log.info("notifications: no channel configured (set notify.webhook.url or notify.email.smtp_host); "
-                     "regions with their own webhook still notify")
+            log.info(
+                "notifications: no channel configured (set notify.webhook.url, notify.email.smtp_host or notify.alerts.url); "
+                "regions with their own webhook still notify"
+            )
 
     def stop(self) -> None:
         if self._unsubscribe is not None:
@@ -93,13 +104,26 @@ class Notifier:
 
     # -- commands
     def register_commands(self, registry: Registry) -> None:
-        registry.register(Command("notify", self._cmd_notify, "Notification figures: queued, sent, failed, dropped, last error and success per channel"))
-        registry.register(Command("notify_test", self._cmd_test, "Send a test notification to every configured channel",
-                                  usage="[TEXT]", mutating=True, max_args=1, raw_tail=True))
+        registry.register(
+            Command("notify", self._cmd_notify, "Notification figures: queued, sent, failed, dropped, last error and success per channel")
+        )
+        registry.register(
+            Command(
+                "notify_test",
+                self._cmd_test,
+                "Send a test notification to every configured channel",
+                usage="[TEXT]",
+                mutating=True,
+                max_args=1,
+                raw_tail=True,
+            )
+        )
 
     def _cmd_notify(self, args: list[str], session: Session) -> Reply:
         h = self.health()
-        return Reply(True, f"notify {h['state']}: {h['queued']} queued, {h['sent']} sent, {h['failed']} failed, {h['dropped']} dropped", body=h)
+        return Reply(
+            True, f"notify {h['state']}: {h['queued']} queued, {h['sent']} sent, {h['failed']} failed, {h['dropped']} dropped", body=h
+        )
 
     def _cmd_test(self, args: list[str], session: Session) -> Reply:
         text = " ".join(args[0].split()) if args else f"test notification from picamd on {self._host}"
@@ -112,7 +136,7 @@ class Notifier:
         probe = Event(TEST_EVENT, {"text": text})
         routes = self._sender.route(probe)
         if not routes:
-            return Reply.error("no channel to send to: set notify.webhook.url or notify.email.smtp_host")
+            return Reply.error("no channel to send to: set notify.webhook.url, notify.email.smtp_host or notify.alerts.url")
         self._bus.publish(TEST_EVENT, text=text, peer=session.peer)
         ways = ", ".join(f"{channel.name} {channel.describe(destination)}" for channel, destination in routes)
         return Reply(True, f"test notification queued for {ways}")

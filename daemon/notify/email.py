@@ -4,18 +4,20 @@ The password comes from the environment (PICAMD_SMTP_PASSWORD, e.g. from a
 systemd `EnvironmentFile=`), never from config.yaml, so `dump_config` and
 `overwrite_config` can never reveal it; it is never logged either.
 """
+
 from __future__ import annotations
 
 import datetime as _dt
 import logging
 import smtplib
-import socket
 import ssl
+from collections.abc import Mapping
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
-from typing import Any, Mapping
+from typing import Any
 
 from daemon.core.bus import Event
+
 from .sender import Channel, SendError, format_duration, public_fields, summarize
 
 log = logging.getLogger("picamd.notify")
@@ -46,7 +48,8 @@ class EmailChannel(Channel):
 
     def describe(self, destination: str) -> str:
         recipients = self._recipients()
-        return f"via {self._cfg.smtp_host.strip() or '(no server)'}:{self._cfg.smtp_port} ({self._cfg.security}) to {len(recipients)} recipient(s)"
+        server = f"{self._cfg.smtp_host.strip() or '(no server)'}:{self._cfg.smtp_port}"
+        return f"via {server} ({self._cfg.security}) to {len(recipients)} recipient(s)"
 
     def secrets(self, destination: str) -> list[str]:
         return [self._env.get(PASSWORD_ENV, "")]
@@ -145,7 +148,7 @@ class EmailChannel(Channel):
             raise SendError(f"TLS certificate not trusted: {exc.verify_message} (see notify.email.ca_file)", retryable=False) from None
         except ssl.SSLError as exc:
             raise SendError(f"TLS failed: {exc.reason or exc} (does notify.email.security match the port?)", retryable=False) from None
-        except (socket.timeout, TimeoutError):
+        except TimeoutError:
             raise SendError(f"no answer within {timeout:g} s") from None
         except smtplib.SMTPException as exc:
             raise SendError(f"SMTP error: {exc}") from None

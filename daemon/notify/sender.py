@@ -6,7 +6,11 @@ the capture loop); one worker thread, `picamd-notify`, makes the attempts.
 Outboxes are kept per destination ("lane"): the configured webhook, a region's
 own webhook, the SMTP server. Each lane holds at most `notify.queue_size`
 pending notifications (plus the one being attempted) and drops its oldest
-pending one when full. A lane delivers in order: a
+pending one when full. Events may carry attachments (the JPEG of an alert):
+only the channels that send them keep them (`wants_attachments`), and all
+lanes together hold at most `notify.queue_max_mb` of them, the oldest pending
+one with an attachment dropped first, so a dead endpoint cannot fill the
+memory with pictures. A lane delivers in order: a
 notification waiting for its next retry holds back the later ones of the same
 lane (so a STOPPED never arrives after the RUNNING that followed it), but never
 those of another lane, and the worker sleeps through no backoff: it attempts
@@ -17,6 +21,7 @@ A new channel (MQTT, say) is a small `Channel` subclass: `destination()` says
 whether and where an event goes, `send()` makes one attempt and raises
 `SendError` saying whether another attempt could help.
 """
+
 from __future__ import annotations
 
 import logging
@@ -25,13 +30,14 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 from daemon.core.bus import Event
 from daemon.core.status import ComponentStatus
-from daemon.core.worker import Worker
 from daemon.core.timefmt import format_duration
+from daemon.core.worker import Worker
 
 log = logging.getLogger("picamd.notify")
 
@@ -54,6 +60,11 @@ class Channel(ABC):
 
     #: short name used in logs, health and command replies ("webhook", "email", "mqtt")
     name: str = "channel"
+    #: True: the channel picks its events itself (`destination`), whatever `notify.events` selects
+    #: (a sweep's report goes out whenever its own `ptz.report.*` key is set).
+    own_selection: bool = False
+    #: True: the channel sends the event's attachments (an alert's image); other channels never hold them.
+    wants_attachments: bool = False
 
     @abstractmethod
     def enabled(self) -> bool:
@@ -91,7 +102,6 @@ _TEXT_KEYS = ("text", "message")
 PRIVATE_FIELDS = frozenset({"webhook"})
 _IDLE_STATES = {"STOPPED", "DEEP_SLEEP", "IDLE"}
 _NO_STATE_YET = {"UNKNOWN", "NONE", ""}
-
 
 
 def _first(data: dict[str, Any], keys: Iterable[str]) -> Any:
@@ -174,6 +184,7 @@ def scrub(text: str, secrets: Iterable[str]) -> str:
 
 # --- the queue and the worker ---------------------------------------------------------------------
 
+
 @dataclass
 class _Delivery:
     event: Event
@@ -181,6 +192,7 @@ class _Delivery:
     attempts: int = 0
     due: float = 0.0  # monotonic time of the next attempt (only for the lane's current delivery)
     in_flight: bool = False  # an attempt is running; no worker may start another
+    size: int = 0  # bytes of attachments held, counted against notify.queue_max_mb
 
 
 @dataclass
@@ -216,7 +228,7 @@ class _ChannelStats:
 class Sender:
     """Bounded per-destination outboxes and the `picamd-notify` worker that empties them.
 
-    `cfg` is the `notify` config section (queue_size, timeout_s, retries, backoff_s, read live).
+    `cfg` is the `notify` config section (queue_size, queue_max_mb, timeout_s, retries, backoff_s, read live).
     """
 
     def __init__(self, cfg: Any, status: ComponentStatus, channels: Iterable[Channel] = ()) -> None:
@@ -225,6 +237,7 @@ class Sender:
         self._channels: list[Channel] = []
         self._stats: dict[str, _ChannelStats] = {}
         self._lanes: dict[tuple[str, str], _Lane] = {}
+        self._held_bytes = 0  # attachments held by every delivery queued or in flight
         self._cond = threading.Condition()
         self._worker = Worker("notify", self._step, status=status, on_stop=self._wake, join_timeout_s=1.5)
         self._started = False
@@ -244,10 +257,13 @@ class Sender:
         with self._cond:
             return list(self._channels)
 
-    def route(self, event: Event) -> list[tuple[Channel, str]]:
-        """The channels and destinations `event` goes to now. Never raises."""
+    def route(self, event: Event, selected: bool = True) -> list[tuple[Channel, str]]:
+        """The channels and destinations `event` goes to now (only those with `own_selection` when `notify.events`
+        does not select it). Never raises."""
         routes = []
         for channel in self.channels:
+            if not selected and not channel.own_selection:
+                continue
             try:
                 destination = channel.destination(event)
             except Exception as exc:  # a channel bug must not reach the publisher
@@ -258,31 +274,69 @@ class Sender:
         return routes
 
     # -- the publisher side: never blocks beyond a short bookkeeping lock
-    def enqueue(self, event: Event) -> list[tuple[Channel, str]]:
-        routes = self.route(event)
+    def enqueue(self, event: Event, selected: bool = True) -> list[tuple[Channel, str]]:
+        routes = self.route(event, selected)
         if not routes:
             return routes
         limit = max(1, int(self._cfg.queue_size))
+        max_bytes = max(1, int(float(self._cfg.queue_max_mb) * 2**20))
         now = time.monotonic()
-        overflowed = []
+        overflowed: list[tuple[_Lane, str]] = []
         with self._cond:
             for channel, destination in routes:
                 key = (channel.name, destination)
                 lane = self._lanes.get(key)
                 if lane is None:
                     lane = self._lanes[key] = _Lane(channel, destination)
+                held = event if channel.wants_attachments else event.without_attachments()
+                delivery = _Delivery(held, now, size=sum(len(b) for b in held.attachments.values()))
                 while len(lane.pending) >= limit:
-                    lane.pending.popleft()
-                    self._stats[channel.name].dropped += 1
-                    lane.overflow_drops += 1
-                    if lane.overflow_drops == 1:
-                        overflowed.append(lane)
-                lane.pending.append(_Delivery(event, now))
+                    self._drop(lane, lane.pending.popleft(), overflowed, f"outbox full ({limit})")
+                if delivery.size and not self._make_room(delivery.size, max_bytes, overflowed):
+                    # Even dropping every pending attachment would not fit it (it is larger than the bound, or
+                    # attempts in progress hold the rest): the new one goes.
+                    self._drop(
+                        lane,
+                        delivery,
+                        overflowed,
+                        f"an attachment of {delivery.size / 2**20:.1f} MB does not fit "
+                        f"notify.queue_max_mb ({self._held_bytes / 2**20:.1f} MB held by attempts in progress)",
+                        held=False,
+                    )
+                    continue
+                self._held_bytes += delivery.size
+                lane.pending.append(delivery)
             self._cond.notify_all()
-        for lane in overflowed:
-            log.warning("%s %s: outbox full (%d), dropping the oldest notifications until it catches up",
-                        lane.channel.name, lane.channel.describe(lane.destination), limit)
+        for lane, why in overflowed:
+            log.warning(
+                "%s %s: %s, dropping the oldest notifications until it catches up",
+                lane.channel.name,
+                lane.channel.describe(lane.destination),
+                why,
+            )
         return routes
+
+    def _drop(self, lane: _Lane, delivery: _Delivery, overflowed: list[tuple[_Lane, str]], why: str, *, held: bool = True) -> None:
+        """Count a delivery dropped; the first drop of an overflow is logged (by the caller, outside the lock)."""
+        if held:
+            self._held_bytes -= delivery.size
+        self._stats[lane.channel.name].dropped += 1
+        lane.overflow_drops += 1
+        if lane.overflow_drops == 1:
+            overflowed.append((lane, why))
+
+    def _make_room(self, size: int, max_bytes: int, overflowed: list[tuple[_Lane, str]]) -> bool:
+        """Drop the oldest pending deliveries with attachments, in any lane, until `size` more bytes fit."""
+        if size > max_bytes:
+            return False
+        while self._held_bytes + size > max_bytes:
+            victims = [(d.enqueued, n, lane, d) for n, lane in enumerate(self._lanes.values()) for d in lane.pending if d.size]
+            if not victims:
+                return False
+            _, _, lane, delivery = min(victims, key=lambda v: (v[0], v[1]))
+            lane.pending = deque(d for d in lane.pending if d is not delivery)
+            self._drop(lane, delivery, overflowed, f"attachments over notify.queue_max_mb ({max_bytes / 2**20:.3g} MB)")
+        return True
 
     # -- lifecycle
     @property
@@ -319,6 +373,11 @@ class Sender:
         with self._cond:
             return sum(lane.size() for lane in self._lanes.values())
 
+    def queued_bytes(self) -> int:
+        """Bytes of attachments held by the deliveries queued or in flight."""
+        with self._cond:
+            return self._held_bytes
+
     def health(self) -> dict[str, Any]:
         with self._cond:
             per_channel: dict[str, dict[str, Any]] = {}
@@ -328,6 +387,7 @@ class Sender:
                 per_channel[channel.name] = {
                     "enabled": _safe_enabled(channel),
                     "queued": sum(lane.size() for lane in lanes),
+                    "queued_bytes": sum(d.size for lane in lanes for d in (*lane.pending, *([lane.current] if lane.current else []))),
                     # notifications that failed at least once and wait for their next attempt
                     "retrying": sum(1 for lane in lanes if lane.current is not None and not lane.current.in_flight),
                     "sent": stats.sent,
@@ -341,6 +401,7 @@ class Sender:
         return {
             "running": self.running,
             "queued": sum(c["queued"] for c in per_channel.values()),
+            "queued_bytes": sum(c["queued_bytes"] for c in per_channel.values()),
             "sent": sum(c["sent"] for c in per_channel.values()),
             "failed": sum(c["failed"] for c in per_channel.values()),
             "dropped": sum(c["dropped"] for c in per_channel.values()),
@@ -383,6 +444,7 @@ class Sender:
             with self._cond:
                 if lane.current is delivery:
                     lane.current = None
+                    self._held_bytes -= delivery.size
                 self._retire_if_empty(lane)
         finally:
             delivery.in_flight = False
@@ -411,8 +473,7 @@ class Sender:
                 wait = max(wait, min(error.retry_after, MAX_BACKOFF_S))
             with self._cond:
                 delivery.due = time.monotonic() + wait
-            log.info("%s: attempt %d of %d for %s failed (%s); next in %.3g s",
-                     where, delivery.attempts, retries + 1, what, reason, wait)
+            log.info("%s: attempt %d of %d for %s failed (%s); next in %.3g s", where, delivery.attempts, retries + 1, what, reason, wait)
             return
         self._gave_up(lane, delivery, where, what, reason, error.retryable)
 
@@ -423,6 +484,7 @@ class Sender:
             stats.last_success = time.time()
             stats.failing = False
             lane.current = None
+            self._held_bytes -= delivery.size
             caught_up = self._retire_if_empty(lane)
         tries = f" on attempt {delivery.attempts}" if delivery.attempts > 1 else ""
         log.info("%s: sent %s%s", where, what, tries)
@@ -438,6 +500,7 @@ class Sender:
             stats.last_error_ts = time.time()
             stats.failing = True
             lane.current = None
+            self._held_bytes -= delivery.size
             caught_up = self._retire_if_empty(lane)
         after = f"after {delivery.attempts} attempt(s)" if retryable else "(not retried)"
         self._status.error(f"{where}: gave up on {what} {after}: {reason}")

@@ -4,17 +4,21 @@ For IFTTT the user puts the whole Maker URL in `notify.webhook.url`
 (https://maker.ifttt.com/trigger/EVENT/with/key/KEY); since that URL holds the
 key, logs and health only ever show its scheme and host.
 """
+
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
-
-import requests
 
 from daemon import __version__
 from daemon.core.bus import Event
+from daemon.core.redact import redact_url as shared_redact_url
+
 from .sender import Channel, SendError, public_fields, summarize
+
+if TYPE_CHECKING:
+    import requests
 
 # Lane key of the configured URL: resolved at each attempt, so fixing the URL with `set` also
 # redirects notifications already waiting for a retry.
@@ -25,17 +29,8 @@ _RETRYABLE_STATUS = {408, 429}
 
 
 def redact_url(url: str) -> str:
-    """'https://maker.ifttt.com/trigger/x/with/key/SECRET' -> 'https://maker.ifttt.com/...'."""
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname or "?"
-        port = f":{parts.port}" if parts.port else ""
-    except ValueError:
-        return "(invalid URL)"
-    if ":" in host:
-        host = f"[{host}]"
-    tail = "/..." if parts.path not in ("", "/") or parts.query else ""
-    return f"{parts.scheme or '?'}://{host}{port}{tail}"
+    """'https://maker.ifttt.com/trigger/x/with/key/SECRET' -> 'https://maker.ifttt.com/***' (webhooks carry keys in the path)."""
+    return shared_redact_url(url, keep_path=False)
 
 
 def _origin(url: str) -> tuple[str, str, int | None] | None:
@@ -69,8 +64,15 @@ def _root_cause(exc: BaseException) -> str:
             if isinstance(inner, BaseException):
                 stack.append(inner)
     text = str(exc).lower()
-    for known in ("name or service not known", "connection refused", "connection reset", "no route to host",
-                  "network is unreachable", "temporary failure in name resolution", "certificate verify failed"):
+    for known in (
+        "name or service not known",
+        "connection refused",
+        "connection reset",
+        "no route to host",
+        "network is unreachable",
+        "temporary failure in name resolution",
+        "certificate verify failed",
+    ):
         if known in text:
             return known
     return type(exc).__name__
@@ -141,6 +143,8 @@ class WebhookChannel(Channel):
         if not _valid_url(url):
             raise SendError("not an http:// or https:// URL", retryable=False)
         payload = json.dumps(self.body(event), default=str).encode()
+        import requests  # here, not at the top: requests and urllib3 cost about 4 MiB, and only a set URL needs them
+
         try:
             # stream=True: the answer's body is never read, so a huge or endless one costs nothing.
             response = requests.post(url, data=payload, headers=self.headers(url), timeout=(timeout, timeout), stream=True)
@@ -148,8 +152,13 @@ class WebhookChannel(Channel):
             raise SendError(f"no answer within {timeout:g} s") from None
         except requests.ConnectionError as exc:
             raise SendError(f"cannot connect: {_root_cause(exc)}") from None
-        except (requests.exceptions.InvalidURL, requests.exceptions.InvalidHeader, requests.exceptions.MissingSchema,
-                requests.exceptions.InvalidSchema, ValueError) as exc:
+        except (
+            requests.exceptions.InvalidURL,
+            requests.exceptions.InvalidHeader,
+            requests.exceptions.MissingSchema,
+            requests.exceptions.InvalidSchema,
+            ValueError,
+        ) as exc:
             raise SendError(f"request refused locally: {type(exc).__name__} (check the URL and headers)", retryable=False) from None
         except requests.TooManyRedirects:
             raise SendError("too many redirects", retryable=False) from None

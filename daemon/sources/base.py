@@ -4,17 +4,51 @@ Frames are BGR uint8 arrays of shape (height, width, 3) (OpenCV's order; the
 picamera2 format RGB888 is laid out the same way). `read` returns a fresh
 array for every frame, never one it will reuse, so the capture loop can hand
 the reference on to readers without copying.
+
+Two optional items of a frame's info let a camera do work the CPU would
+otherwise do: `info["lores"]`, the frame already downscaled to the ring's
+size by the camera's ISP (BGR uint8 (h, w, 3), a fresh array; the capture
+loop copies it into the ring instead of resizing the frame, and resizes as
+before when it is absent or of another size), and `info["sensor_ts_ns"]`,
+the camera's own timestamp of the frame, which pairs the frame with a JPEG
+the camera encoded itself (`camera_jpeg()`).
 """
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 
 class SourceError(RuntimeError):
     """The source failed; the capture loop closes it and reopens it with backoff."""
+
+
+class CameraJpeg(Protocol):
+    """A camera that encodes the stream's JPEGs itself (the Pi's hardware MJPEG encoder).
+
+    The stream's encoder thread asks for it with `want` while someone watches and
+    nothing is drawn on the image, and takes each frame's JPEG by the frame's
+    `sensor_ts_ns`; whenever this gives None it encodes the frame on the CPU.
+    """
+
+    def want(self, quality: int | None) -> bool:
+        """Run the encoder at this JPEG quality (None: stop it). False when it cannot run; idempotent."""
+        ...
+
+    def size(self) -> tuple[int, int] | None:
+        """(width, height) of the JPEGs while the encoder runs, else None."""
+        ...
+
+    def jpeg_for(self, sensor_ts_ns: int, timeout: float) -> bytes | None:
+        """The JPEG of the frame with this timestamp, waiting up to `timeout` s; None when the encoder has none for it."""
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """State for health: whether it runs, at what quality, frames encoded, why not."""
+        ...
 
 
 class Source(ABC):
@@ -40,6 +74,7 @@ class Source(ABC):
 
     def set_framerate(self, fps: float) -> None:
         """Apply a new day frame rate live (no-op where the source cannot)."""
+        return None
 
     def apply_night(self, night: bool, mode: str, exposure_us: int, gain: float) -> dict[str, Any]:
         """Switch to (or back from) night exposure. Returns what was really applied (clamped values, notes)."""
@@ -56,3 +91,7 @@ class Source(ABC):
     def describe(self) -> dict[str, Any]:
         """What this source is (for logs, health and `cameras`)."""
         return {"source": self.name}
+
+    def camera_jpeg(self) -> CameraJpeg | None:
+        """The camera's own JPEG encoder for the stream, if it has one (the same object across reopens)."""
+        return None

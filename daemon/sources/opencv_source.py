@@ -13,6 +13,7 @@ or to `camera.framerate` when the file does not say), so a recorded scene
 has the same timing as the live one; `read` never returns frames faster than
 `camera.framerate`, whatever the device delivers.
 """
+
 from __future__ import annotations
 
 import logging
@@ -26,6 +27,8 @@ import cv2
 import numpy as np
 
 from daemon.core.latest import HandoffFailed, Latest
+from daemon.core.redact import is_url
+from daemon.core.redact import redact_url as shared_redact_url
 from daemon.core.worker import Worker
 
 from .base import Source, SourceError
@@ -63,12 +66,7 @@ def classify_device(device: str | int) -> tuple[str, str | int]:
 
 def redact_url(url: str) -> str:
     """rtsp://user:secret@host/... -> rtsp://user:***@host/... (stream passwords stay out of logs)."""
-    scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest.split("/", 1)[0]:
-        return url
-    creds, _, host = rest.partition("@")
-    user = creds.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}"
+    return shared_redact_url(url) if is_url(url) else url
 
 
 class OpenCVSource(Source):
@@ -108,8 +106,7 @@ class OpenCVSource(Source):
 
     def _make_capture(self) -> cv2.VideoCapture:
         if self._kind == "url":
-            params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, NETWORK_OPEN_TIMEOUT_MS,
-                      cv2.CAP_PROP_READ_TIMEOUT_MSEC, NETWORK_READ_TIMEOUT_MS]
+            params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, NETWORK_OPEN_TIMEOUT_MS, cv2.CAP_PROP_READ_TIMEOUT_MSEC, NETWORK_READ_TIMEOUT_MS]
             return cv2.VideoCapture(self._device, cv2.CAP_FFMPEG, params)
         if self._kind == "file":
             return cv2.VideoCapture(self._device, cv2.CAP_FFMPEG)
@@ -161,20 +158,39 @@ class OpenCVSource(Source):
         self._loops = 0
         self._open = True
         self._reader_worker.start(lambda: self._reader(cap, frame))
-        log.info("opened %s %s: %dx%d%s in %.2f s", self._kind, self.shown_device, frame.shape[1], frame.shape[0],
-                 f", file at {self._file_fps:g} fps" if self._file_fps else "", time.monotonic() - started)
+        log.info(
+            "opened %s %s: %dx%d%s in %.2f s",
+            self._kind,
+            self.shown_device,
+            frame.shape[1],
+            frame.shape[0],
+            f", file at {self._file_fps:g} fps" if self._file_fps else "",
+            time.monotonic() - started,
+        )
         if (frame.shape[1], frame.shape[0]) != (int(self._cam.width), int(self._cam.height)) and self._kind in ("index", "v4l2"):
-            log.info("%s gives %dx%d instead of the configured %dx%d; using what it gives",
-                     self.shown_device, frame.shape[1], frame.shape[0], int(self._cam.width), int(self._cam.height))
+            log.info(
+                "%s gives %dx%d instead of the configured %dx%d; using what it gives",
+                self.shown_device,
+                frame.shape[1],
+                frame.shape[0],
+                int(self._cam.width),
+                int(self._cam.height),
+            )
 
     @staticmethod
     def _read_props(cap: cv2.VideoCapture) -> dict[str, Any]:
         props: dict[str, Any] = {"backend": cap.getBackendName()}
-        for key, prop in (("fps", cv2.CAP_PROP_FPS), ("brightness", cv2.CAP_PROP_BRIGHTNESS),
-                          ("contrast", cv2.CAP_PROP_CONTRAST), ("saturation", cv2.CAP_PROP_SATURATION),
-                          ("gain", cv2.CAP_PROP_GAIN), ("exposure", cv2.CAP_PROP_EXPOSURE),
-                          ("auto_exposure", cv2.CAP_PROP_AUTO_EXPOSURE), ("auto_wb", cv2.CAP_PROP_AUTO_WB),
-                          ("frame_count", cv2.CAP_PROP_FRAME_COUNT)):
+        for key, prop in (
+            ("fps", cv2.CAP_PROP_FPS),
+            ("brightness", cv2.CAP_PROP_BRIGHTNESS),
+            ("contrast", cv2.CAP_PROP_CONTRAST),
+            ("saturation", cv2.CAP_PROP_SATURATION),
+            ("gain", cv2.CAP_PROP_GAIN),
+            ("exposure", cv2.CAP_PROP_EXPOSURE),
+            ("auto_exposure", cv2.CAP_PROP_AUTO_EXPOSURE),
+            ("auto_wb", cv2.CAP_PROP_AUTO_WB),
+            ("frame_count", cv2.CAP_PROP_FRAME_COUNT),
+        ):
             try:
                 value = float(cap.get(prop))
             except cv2.error:
@@ -289,12 +305,15 @@ class OpenCVSource(Source):
             raise SourceError(f"{self.shown_device}: {exc}") from None
         if got is None:
             return None
-        self._returned, (frame, info) = got
+        version, (frame, info) = got
+        # Versions count the reader's frames: a gap is frames it replaced before this read took one.
+        dropped = version - self._returned - 1
+        self._returned = version
         now = time.monotonic()
         interval = 1.0 / max(0.05, self._fps)
         due = self._next_due if self._next_due is not None else now
         self._next_due = due + interval if now - due < interval else now + interval
-        return frame, dict(info)
+        return frame, {**info, "dropped": dropped} if dropped > 0 else dict(info)
 
     def close(self) -> None:
         self._frames.fail("closed")

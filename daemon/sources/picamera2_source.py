@@ -30,7 +30,20 @@ Modes:
   to the long exposure and AE on in its Long exposure mode, so the frame rate
   drops as the light fades. How long AE really exposes is also bounded by the
   camera tuning's exposure profile; use `still` for fixed long exposures.
+
+What the Pi does for free (`camera.lores`, `camera.hw_encoder`):
+
+* The ISP makes the ring-size frame as a second stream, `lores`, at the size
+  ring.downscale gives for the main stream, so the capture loop copies it into
+  the ring instead of resizing on the CPU (`info["lores"]`). libcamera wants it
+  no larger than main and, on the Pi 4 and older (VC4), in YUV420: the reader
+  turns that into BGR (cheap at ring size); the Pi 5 gives RGB888 directly.
+  When libcamera refuses it (or changes its size) the camera runs without it
+  and the loop resizes as before; `describe()` says which.
+* The stream's JPEGs from the hardware MJPEG encoder (`picamera2_jpeg`),
+  started and stopped by the reader thread between frames as the stream asks.
 """
+
 from __future__ import annotations
 
 import logging
@@ -40,12 +53,15 @@ import time
 from concurrent.futures import CancelledError
 from typing import Any
 
+import cv2
 import numpy as np
 
+from daemon.config import ring_frame_size
 from daemon.core.latest import HandoffFailed, Latest
 from daemon.core.worker import Worker
 
-from .base import Source, SourceError
+from .base import CameraJpeg, Source, SourceError
+from .picamera2_jpeg import Picamera2Jpeg
 
 log = logging.getLogger("picamd.picamera2")
 
@@ -61,18 +77,38 @@ FRAME_DURATION_MARGIN_US = 20_000
 #: Metadata copied into each frame's info when the camera reports it.
 METADATA_KEYS = ("ExposureTime", "AnalogueGain", "DigitalGain", "Lux", "ColourTemperature", "FrameDuration", "SensorTemperature")
 
-INSTALL_HINT = ("picamera2 is not importable: on Raspberry Pi OS run `sudo apt install python3-picamera2` "
-                "and make the venv with --system-site-packages")
+#: libcamera's YUV 4:2:0 formats and the OpenCV conversion of each to BGR (the U and V planes in either order).
+YUV_TO_BGR = {"YUV420": cv2.COLOR_YUV2BGR_I420, "YVU420": cv2.COLOR_YUV2BGR_YV12}
+
+INSTALL_HINT = (
+    "picamera2 is not importable: on Raspberry Pi OS run `sudo apt install python3-picamera2` and make the venv with --system-site-packages"
+)
+
+
+class Picamera2Missing(SourceError):
+    """picamera2 is not installed at all (as opposed to installed and failing to import)."""
 
 
 def load_picamera2(module: Any = None) -> Any:
-    """The picamera2 module (or the given stand-in); raises SourceError with an install hint."""
+    """The picamera2 module (or the given stand-in).
+
+    Raises Picamera2Missing with an install hint when it is not installed, and SourceError with the import
+    error on one line when it is installed but fails (a numpy other than the one python3-picamera2 was built
+    with prints a paragraph; health shows one line).
+    """
     if module is not None:
         return module
     try:
         import picamera2  # noqa: PLC0415 - imported lazily: it exists only on a Pi
     except Exception as exc:  # ImportError, or libcamera failing to load off the Pi
-        raise SourceError(f"{INSTALL_HINT} ({type(exc).__name__}: {exc})") from exc
+        if isinstance(exc, ModuleNotFoundError) and exc.name == "picamera2":
+            raise Picamera2Missing(f"{INSTALL_HINT} ({type(exc).__name__}: {exc})") from exc
+        detail = " ".join(f"{type(exc).__name__}: {exc}".split())
+        if len(detail) > 240:
+            detail = detail[:237] + "..."
+        raise SourceError(
+            f"picamera2 is installed but cannot be imported ({detail}); tools/install.sh keeps apt's numpy, which python3-picamera2 needs"
+        ) from exc
     return picamera2
 
 
@@ -107,14 +143,16 @@ def describe_controls(camera_controls: dict) -> dict[str, Any]:
 def describe_sensor_modes(modes: list[dict]) -> list[dict[str, Any]]:
     out = []
     for m in modes:
-        out.append({
-            "size": jsonable(m.get("size")),
-            "bit_depth": m.get("bit_depth"),
-            "fps": m.get("fps"),
-            "crop": jsonable(m.get("crop_limits")),
-            "format": jsonable(m.get("format")),
-            "exposure_limits_us": jsonable(m.get("exposure_limits")),
-        })
+        out.append(
+            {
+                "size": jsonable(m.get("size")),
+                "bit_depth": m.get("bit_depth"),
+                "fps": m.get("fps"),
+                "crop": jsonable(m.get("crop_limits")),
+                "format": jsonable(m.get("format")),
+                "exposure_limits_us": jsonable(m.get("exposure_limits")),
+            }
+        )
     return out
 
 
@@ -159,6 +197,10 @@ class Picamera2Source(Source):
         self._properties: dict[str, Any] = {}
         self._configured_size: tuple[int, int] | None = None
         self._colour_gains: tuple[float, float] | None = None
+        self._lores: tuple[tuple[int, int], str] | None = None  # (size, format) of the lores stream while configured
+        self._lores_note = "not configured yet"
+        self._lores_refused: str | None = None  # libcamera refused it once: not asked again by this source
+        self._jpeg = Picamera2Jpeg(camera)
 
     @property
     def camera_num(self) -> int:
@@ -202,15 +244,19 @@ class Picamera2Source(Source):
         if wanted[0] == "day":
             frame_us = self._day_frame_us()
             # ExposureTime/AnalogueGain 0 hand both back to AE: libcamera keeps a fixed value set at night across reconfigurations.
-            return {"FrameDurationLimits": (frame_us, frame_us), "AeEnable": True, "AwbEnable": True,
-                    "ExposureTime": 0, "AnalogueGain": 0}
+            return {"FrameDurationLimits": (frame_us, frame_us), "AeEnable": True, "AwbEnable": True, "ExposureTime": 0, "AnalogueGain": 0}
         mode, exposure_us, gain = wanted
         fd_hi = self._limit("FrameDurationLimits", (None, None))[1] or exposure_us + FRAME_DURATION_MARGIN_US
         lo = min(self._day_frame_us(), exposure_us)
         if mode == "still":
             hi = max(lo, min(int(fd_hi), exposure_us + FRAME_DURATION_MARGIN_US))
-            controls = {"AeEnable": False, "AwbEnable": False, "ExposureTime": int(exposure_us),
-                        "AnalogueGain": float(gain), "FrameDurationLimits": (lo, hi)}
+            controls = {
+                "AeEnable": False,
+                "AwbEnable": False,
+                "ExposureTime": int(exposure_us),
+                "AnalogueGain": float(gain),
+                "FrameDurationLimits": (lo, hi),
+            }
             if self._colour_gains and "ColourGains" in self._limits:
                 controls["ColourGains"] = self._colour_gains  # keep the colours AWB had, rather than a default
             return controls
@@ -221,12 +267,55 @@ class Picamera2Source(Source):
             controls["AeExposureMode"] = long_mode
         return controls
 
-    def _build_config(self, cam: Any, wanted: tuple) -> dict:
+    def _build_config(self, cam: Any, wanted: tuple, lores: tuple[tuple[int, int], str] | None = None) -> dict:
         main = {"size": self._size(), "format": "RGB888"}
         controls = self._controls_for(wanted)
+        streams: dict[str, Any] = {"main": main}
+        if lores is not None:
+            streams["lores"] = {"size": lores[0], "format": lores[1]}
         if wanted[0] == "still":
-            return cam.create_still_configuration(main=main, transform=self._transform(), buffer_count=STILL_BUFFERS, controls=controls)
-        return cam.create_video_configuration(main=main, transform=self._transform(), buffer_count=DAY_BUFFERS, controls=controls)
+            return cam.create_still_configuration(**streams, transform=self._transform(), buffer_count=STILL_BUFFERS, controls=controls)
+        return cam.create_video_configuration(**streams, transform=self._transform(), buffer_count=DAY_BUFFERS, controls=controls)
+
+    def _lores_plan(self) -> tuple[tuple[int, int], str] | None:
+        """The lores stream to ask for: the ring's size, in the format this Pi's ISP gives it; None when not wanted."""
+        if self._cfg.lores == "off":
+            self._lores_note = "off (camera.lores); the ring is resized on the CPU"
+            return None
+        if self._lores_refused:
+            self._lores_note = f"{self._lores_refused}; the ring is resized on the CPU"
+            return None
+        main = self._size()
+        ring = ring_frame_size(self._cfg.config.get("ring.downscale"), *main)
+        if ring == main:
+            self._lores_note = "not needed: the ring is full size"
+            return None
+        # Only the Pi 5's ISP (PiSP) gives lores in RGB; the older ones (VC4) only in YUV420. RGB888 is B, G, R in memory.
+        pisp = getattr(getattr(self._module.Picamera2, "platform", None), "name", "VC4") == "PISP"
+        return ring, ("RGB888" if pisp else "YUV420")
+
+    def _configure(self, cam: Any, wanted: tuple) -> None:
+        """Configure the stopped camera for `wanted`, with the lores stream where libcamera takes it."""
+        plan = self._lores_plan()
+        if plan is not None:
+            (w, h), fmt = plan
+            try:
+                cam.configure(self._build_config(cam, wanted, plan))
+                got = ((cam.camera_configuration() or {}).get("lores") or {}).get("size")
+                if got is not None and tuple(got) == plan[0]:
+                    self._lores = plan
+                    self._lores_note = f"{w}x{h} {fmt} from the ISP"
+                    self._limits = dict(cam.camera_controls)
+                    return
+                reason = f"libcamera made the {w}x{h} lores stream {got}"
+            except Exception as exc:  # picamera2 and libcamera refuse a bad configuration with RuntimeError
+                reason = f"libcamera refused a {w}x{h} {fmt} lores stream ({' '.join(str(exc).split())})"
+            self._lores_refused = reason
+            self._lores_note = f"{reason}; the ring is resized on the CPU"
+            log.warning("Pi camera %d: %s; the ring is resized on the CPU", self._num, reason)
+        self._lores = None
+        cam.configure(self._build_config(cam, wanted))
+        self._limits = dict(cam.camera_controls)
 
     # -- opening -----------------------------------------------------------------------------
 
@@ -265,10 +354,9 @@ class Picamera2Source(Source):
                 self._wanted = (self._wanted[0], exp, g)
                 for n in notes:
                     log.warning("Pi camera %d: %s", self._num, n)
-            config = self._build_config(cam, self._wanted)
-            cam.configure(config)
-            self._limits = dict(cam.camera_controls)
+            self._configure(cam, self._wanted)
             self._configured_size = tuple(cam.camera_configuration()["main"]["size"])
+            self._jpeg.attach(self._module)
             cam.start()
         except Exception as exc:
             try:
@@ -287,9 +375,17 @@ class Picamera2Source(Source):
         self._open = True
         self._reader_worker.start(lambda: self._reader(cam))
         exp_max = self._limit("ExposureTime", (None, None))[1]
-        log.info("opened Pi camera %d (%s) at %dx%d, %s mode, %.3g fps; exposure up to %s us, in %.2f s",
-                 self._num, self._info.get("Model", "?"), *self._configured_size, self._mode, self._fps,
-                 exp_max, time.monotonic() - started)
+        log.info(
+            "opened Pi camera %d (%s) at %dx%d, %s mode, %.3g fps; exposure up to %s us; ring frames: %s; in %.2f s",
+            self._num,
+            self._info.get("Model", "?"),
+            *self._configured_size,
+            self._mode,
+            self._fps,
+            exp_max,
+            self._lores_note,
+            time.monotonic() - started,
+        )
 
     # -- the reader thread ---------------------------------------------------------------------
 
@@ -302,10 +398,11 @@ class Picamera2Source(Source):
                     return  # stopping
                 try:
                     array = request.make_array("main")
+                    lores = request.make_array("lores") if self._lores is not None else None
                     metadata = request.get_metadata()
                 finally:
                     request.release()
-                self._publish(self._to_bgr(array), metadata)
+                self._publish(self._to_bgr(array), metadata, self._lores_to_bgr(lores))
         except Exception as exc:  # libcamera errors end this capture; the capture loop reopens the source
             log.debug("reader failed", exc_info=exc)
             self._fail(f"camera failed: {type(exc).__name__}: {exc}")
@@ -336,6 +433,7 @@ class Picamera2Source(Source):
             cam.set_controls(controls)
         for req in full:
             self._capture_full_now(cam, req)
+        self._jpeg.apply(cam)  # start, restart or stop the hardware JPEG encoder as the stream wants
 
     def _switch(self, cam: Any, wanted: tuple) -> None:
         if wanted == self._applied:
@@ -346,22 +444,28 @@ class Picamera2Source(Source):
             self._applied = wanted
             log.info("night %s mode now exposure %d us, gain %g", wanted[0], wanted[1], wanted[2])
             return
-        config = self._build_config(cam, wanted)
+        self._jpeg.stop(cam)  # the next frame starts it again on the new configuration
         cam.stop()
-        cam.configure(config)
-        self._limits = dict(cam.camera_controls)
+        self._configure(cam, wanted)
         cam.start()
         self._mode = wanted[0]
         self._applied = wanted
-        log.info("camera now in %s mode (%s)", wanted[0],
-                 "video, AE/AWB on" if wanted[0] == "day" else f"exposure {wanted[1]} us, gain {wanted[2]:g}")
+        log.info(
+            "camera now in %s mode (%s)",
+            wanted[0],
+            "video, AE/AWB on" if wanted[0] == "day" else f"exposure {wanted[1]} us, gain {wanted[2]:g}",
+        )
 
     def _capture_full_now(self, cam: Any, req: _FullCapture) -> None:
         current = cam.camera_configuration()
         try:
             still = cam.create_still_configuration(
-                main={"size": tuple(cam.sensor_resolution), "format": "RGB888"}, transform=self._transform(), buffer_count=1,
-                controls=dict(current.get("controls") or {}) if self._mode != "day" else {})
+                main={"size": tuple(cam.sensor_resolution), "format": "RGB888"},
+                transform=self._transform(),
+                buffer_count=1,
+                controls=dict(current.get("controls") or {}) if self._mode != "day" else {},
+            )
+            self._jpeg.stop(cam)
             cam.stop()
             cam.configure(still)
             cam.start()
@@ -377,8 +481,7 @@ class Picamera2Source(Source):
         finally:
             try:
                 cam.stop()
-                cam.configure(self._build_config(cam, self._applied))
-                self._limits = dict(cam.camera_controls)
+                self._configure(cam, self._applied)
                 cam.start()
             finally:
                 req.done.set()
@@ -392,6 +495,23 @@ class Picamera2Source(Source):
             array = array[..., :3]
         return np.ascontiguousarray(array)
 
+    def _lores_to_bgr(self, array: np.ndarray | None) -> np.ndarray | None:
+        """The lores stream's array as a BGR ring frame; None when there is none or it is not what was configured."""
+        if array is None or self._lores is None:
+            return None
+        (w, h), fmt = self._lores
+        code = YUV_TO_BGR.get(fmt)
+        if code is not None:
+            # picamera2 gives YUV420 as one (h * 3/2, stride) plane; the columns past the width are padding.
+            if array.ndim != 2 or array.shape[0] != h * 3 // 2 or array.shape[1] < w:
+                return None
+            array = cv2.cvtColor(array, code)
+        elif array.ndim != 3 or array.shape[2] < 3:
+            return None
+        if array.shape[0] < h or array.shape[1] < w:
+            return None
+        return np.ascontiguousarray(array[:h, :w, :3])
+
     def _info_from(self, metadata: dict) -> dict[str, Any]:
         info: dict[str, Any] = {}
         if "ExposureTime" in metadata:
@@ -404,8 +524,12 @@ class Picamera2Source(Source):
         info["mode"] = self._mode
         return info
 
-    def _publish(self, frame: np.ndarray, metadata: dict) -> None:
+    def _publish(self, frame: np.ndarray, metadata: dict, lores: np.ndarray | None = None) -> None:
         info = self._info_from(metadata)
+        if lores is not None:
+            info["lores"] = lores
+        if metadata.get("SensorTimestamp") is not None:
+            info["sensor_ts_ns"] = int(metadata["SensorTimestamp"])
         with self._cond:
             self._metadata = {k: jsonable(v) for k, v in metadata.items()}
             gains = metadata.get("ColourGains")
@@ -418,6 +542,7 @@ class Picamera2Source(Source):
         log.warning("Pi camera %d: %s", self._num, reason)
 
     def _teardown(self, cam: Any) -> None:
+        self._jpeg.detach(cam)
         try:
             cancel = getattr(cam, "cancel_all_and_flush", None)
             if cancel is not None:
@@ -480,8 +605,13 @@ class Picamera2Source(Source):
                 self._wanted = ("day",)
                 self._reconfigure = True
             log.info("Pi camera %d: switching to day (video, AE/AWB on, %.3g fps)", self._num, self._fps)
-            return {"night": False, "applied": True, "mode": "day", "frame_interval_s": round(1.0 / self._fps, 6),
-                    "note": "auto-exposure and auto white balance on"}
+            return {
+                "night": False,
+                "applied": True,
+                "mode": "day",
+                "frame_interval_s": round(1.0 / self._fps, 6),
+                "note": "auto-exposure and auto white balance on",
+            }
         exp, g, notes = self._clamp(int(exposure_us), float(gain))
         with self._cond:
             self._wanted = (mode, exp, g)
@@ -497,12 +627,20 @@ class Picamera2Source(Source):
         for n in notes:
             log.warning("Pi camera %d: %s", self._num, n)
         log.info("Pi camera %d: switching to night %s mode, exposure %d us, gain %g", self._num, mode, exp, g)
-        return {"night": True, "applied": True, "mode": mode, "exposure_us": exp, "gain": g,
-                "requested_exposure_us": int(exposure_us), "requested_gain": float(gain), "clamped": bool(notes),
-                "frame_duration_limits_us": [frame_lo, max(frame_lo, frame_hi)],
-                "frame_interval_s": round(max(1.0 / self._fps, exp / 1e6), 6) if mode == "still" else None,
-                "max_frame_interval_s": round(max(frame_lo, frame_hi) / 1e6, 6),
-                "note": "; ".join([note] + notes)}
+        return {
+            "night": True,
+            "applied": True,
+            "mode": mode,
+            "exposure_us": exp,
+            "gain": g,
+            "requested_exposure_us": int(exposure_us),
+            "requested_gain": float(gain),
+            "clamped": bool(notes),
+            "frame_duration_limits_us": [frame_lo, max(frame_lo, frame_hi)],
+            "frame_interval_s": round(max(1.0 / self._fps, exp / 1e6), 6) if mode == "still" else None,
+            "max_frame_interval_s": round(max(frame_lo, frame_hi) / 1e6, 6),
+            "note": "; ".join([note] + notes),
+        }
 
     def _clamp(self, exposure_us: int, gain: float) -> tuple[int, float, list[str]]:
         """Exposure and gain within what the sensor reports (once it has been opened), with notes on what was cut."""
@@ -550,8 +688,14 @@ class Picamera2Source(Source):
         return out
 
     def describe(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"source": self.name, "camera_num": self._num, "model": self._info.get("Model"),
-                             "id": self._info.get("Id"), "mode": self._mode, "framerate": self._fps}
+        d: dict[str, Any] = {
+            "source": self.name,
+            "camera_num": self._num,
+            "model": self._info.get("Model"),
+            "id": self._info.get("Id"),
+            "mode": self._mode,
+            "framerate": self._fps,
+        }
         if self._configured_size:
             d["width"], d["height"] = self._configured_size
         if self._properties.get("PixelArraySize"):
@@ -561,4 +705,8 @@ class Picamera2Source(Source):
             d["exposure_limits_us"] = jsonable(exp[:2])
         if self._sensor_modes:
             d["sensor_modes"] = self._sensor_modes
+        d["ring_frames"] = self._lores_note
         return d
+
+    def camera_jpeg(self) -> CameraJpeg:
+        return self._jpeg

@@ -9,6 +9,7 @@ backoff when it fails).
 camera), then `camera.device` (by default /dev/video0) if OpenCV opens it
 and it gives a frame, then the synthetic scene.
 """
+
 from __future__ import annotations
 
 import glob
@@ -22,9 +23,10 @@ from typing import Any
 import cv2
 
 from daemon.config import Config
+
 from .base import Source, SourceError
 from .opencv_source import OpenCVSource, classify_device, redact_url
-from .picamera2_source import Picamera2Source, describe_controls, describe_sensor_modes, jsonable, load_picamera2
+from .picamera2_source import Picamera2Missing, Picamera2Source, describe_controls, describe_sensor_modes, jsonable, load_picamera2
 from .synthetic import SyntheticSource
 
 log = logging.getLogger("picamd.sources")
@@ -49,7 +51,8 @@ def build_source(config: Config, override: str | None = None, *, picamera2_modul
     if lowered == "synthetic":
         return _synthetic(config), f"synthetic scene ({origin})"
     if lowered == "picamera2":
-        return Picamera2Source(camera, config.section("night"), picamera2_module=picamera2_module), f"Pi camera through picamera2 ({origin})"
+        source = Picamera2Source(camera, config.section("night"), picamera2_module=picamera2_module)
+        return source, f"Pi camera through picamera2 ({origin})"
     if lowered == "opencv":
         src = OpenCVSource(camera)
         return src, f"OpenCV on {src.shown_device} ({origin}, camera.device)"
@@ -73,21 +76,26 @@ def _auto(config: Config, origin: str, picamera2_module: Any) -> tuple[Source, s
     try:
         module = load_picamera2(picamera2_module)
         cameras = list(module.Picamera2.global_camera_info())
-    except SourceError:
+    except Picamera2Missing:
         tried.append("picamera2 is not installed")
+    except SourceError as exc:
+        tried.append(str(exc))
     except Exception as exc:
         tried.append(f"libcamera cannot list cameras ({exc})")
     else:
         if cameras:
             model = cameras[0].get("Model", "unknown sensor")
-            return (Picamera2Source(camera, config.section("night"), picamera2_module=module),
-                    f"Pi camera 0 ({model}) through picamera2 ({origin}: libcamera lists {len(cameras)} camera(s))")
+            return (
+                Picamera2Source(camera, config.section("night"), picamera2_module=module),
+                f"Pi camera 0 ({model}) through picamera2 ({origin}: libcamera lists {len(cameras)} camera(s))",
+            )
         tried.append("libcamera lists no Pi camera")
     device = camera.device
     shown = redact_url(device) if classify_device(device)[0] == "url" else device
     probe = probe_opencv(device)
     if probe.get("opens") and probe.get("frame"):
-        return OpenCVSource(camera), f"OpenCV on {shown} ({origin}: {'; '.join(tried)}; {shown} gives {probe['width']}x{probe['height']} frames)"
+        size = f"{probe['width']}x{probe['height']}"
+        return OpenCVSource(camera), f"OpenCV on {shown} ({origin}: {'; '.join(tried)}; {shown} gives {size} frames)"
     tried.append(f"{shown} {probe.get('error', 'gives no frame')}")
     return _synthetic(config), f"synthetic scene ({origin}: {'; '.join(tried)})"
 
@@ -110,8 +118,11 @@ def probe_opencv(device: str | int, timeout: float = PROBE_TIMEOUT_S) -> dict[st
         cap = None
         try:
             if kind == "url":
-                cap = cv2.VideoCapture(str(dev), cv2.CAP_FFMPEG, [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(timeout * 1000),
-                                                                   cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(timeout * 1000)])
+                cap = cv2.VideoCapture(
+                    str(dev),
+                    cv2.CAP_FFMPEG,
+                    [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(timeout * 1000), cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(timeout * 1000)],
+                )
             elif kind == "file":
                 cap = cv2.VideoCapture(str(dev), cv2.CAP_FFMPEG)
             else:
@@ -166,14 +177,23 @@ def _list_pi_cameras(picamera2_module: Any, active: Source | None) -> dict[str, 
         return {"available": False, "note": f"libcamera cannot list cameras: {exc}", "cameras": []}
     cameras = []
     for num, info in enumerate(infos):
-        entry: dict[str, Any] = {"num": num, "model": info.get("Model"), "id": info.get("Id"),
-                                 "location": jsonable(info.get("Location")), "rotation": jsonable(info.get("Rotation"))}
+        entry: dict[str, Any] = {
+            "num": num,
+            "model": info.get("Model"),
+            "id": info.get("Id"),
+            "location": jsonable(info.get("Location")),
+            "rotation": jsonable(info.get("Rotation")),
+        }
         if isinstance(active, Picamera2Source) and active.camera_num == num and active.is_open:
             d = active.describe()
             controls = active.controls()
-            entry.update(in_use_by_picamd=True, sensor_modes=d.get("sensor_modes", []),
-                         sensor_resolution=d.get("sensor_resolution"),
-                         exposure_time_us=controls.get("ExposureTime"), analogue_gain=controls.get("AnalogueGain"))
+            entry.update(
+                in_use_by_picamd=True,
+                sensor_modes=d.get("sensor_modes", []),
+                sensor_resolution=d.get("sensor_resolution"),
+                exposure_time_us=controls.get("ExposureTime"),
+                analogue_gain=controls.get("AnalogueGain"),
+            )
             cameras.append(entry)
             continue
         cam = None
@@ -181,8 +201,13 @@ def _list_pi_cameras(picamera2_module: Any, active: Source | None) -> dict[str, 
             cam = module.Picamera2(num)
             modes = describe_sensor_modes(cam.sensor_modes)
             controls = describe_controls(cam.camera_controls)
-            entry.update(opens=True, sensor_modes=modes, sensor_resolution=jsonable(getattr(cam, "sensor_resolution", None)),
-                         exposure_time_us=controls.get("ExposureTime"), analogue_gain=controls.get("AnalogueGain"))
+            entry.update(
+                opens=True,
+                sensor_modes=modes,
+                sensor_resolution=jsonable(getattr(cam, "sensor_resolution", None)),
+                exposure_time_us=controls.get("ExposureTime"),
+                analogue_gain=controls.get("AnalogueGain"),
+            )
         except Exception as exc:
             entry.update(opens=False, error=f"{exc} (in use by another program?)")
         finally:

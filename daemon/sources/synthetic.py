@@ -36,6 +36,7 @@ bank of prerendered Gaussian fields picked with a per-frame offset (white
 noise shifted by a pixel is uncorrelated, so consecutive frames get
 independent noise, which stacking relies on).
 """
+
 from __future__ import annotations
 
 import logging
@@ -81,8 +82,11 @@ SLOW_VIDEO_TARGET_LEVEL = 110.0
 PEOPLE_X_RANGE = (-0.16, 0.52)
 MAX_PEOPLE = 20
 #: Noise bank: this many prerendered fields, each this many pixels larger than the frame in both directions.
-NOISE_BANKS = 2
-NOISE_PAD = 64
+#: One field with a 96-pixel margin gives 9216 distinct offsets in 2.8 MiB at 1024x768 (two with 64 held 5.2 MiB for 8192).
+NOISE_BANKS = 1
+NOISE_PAD = 96
+#: Rows of the noise field drawn at a time: its float32 draft never costs more than this slice.
+NOISE_CHUNK_ROWS = 64
 NOISE_SCALE = 16.0  # the bank stores N(0, 1) * NOISE_SCALE as int8
 
 
@@ -124,8 +128,17 @@ class _Person:
     skin: tuple[int, int, int]
 
 
-_SHIRTS = [(30, 120, 245), (200, 90, 40), (60, 160, 60), (40, 40, 200), (225, 225, 225),
-           (40, 200, 230), (120, 60, 140), (150, 150, 150), (20, 90, 180)]
+_SHIRTS = [
+    (30, 120, 245),
+    (200, 90, 40),
+    (60, 160, 60),
+    (40, 40, 200),
+    (225, 225, 225),
+    (40, 200, 230),
+    (120, 60, 140),
+    (150, 150, 150),
+    (20, 90, 180),
+]
 _TROUSERS = [(70, 50, 40), (40, 40, 40), (110, 80, 50), (90, 90, 95), (60, 40, 100)]
 _SKINS = [(120, 160, 210), (90, 130, 180), (60, 90, 130), (150, 180, 225)]
 
@@ -146,8 +159,6 @@ class SyntheticSource(Source):
         self._people = self._make_people(self._seed)
         self._background: np.ndarray | None = None
         self._background_mean = 128.0
-        self._canvas: np.ndarray | None = None
-        self._flipped: np.ndarray | None = None
         self._noise: list[np.ndarray] = []
         # exposure state
         self._night = False
@@ -175,17 +186,19 @@ class SyntheticSource(Source):
             height = 0.42 * (0.62 + 0.38 * depth) * float(rng.uniform(0.9, 1.08))
             span = float(rng.uniform(0.25, hi - lo))
             x_a = float(rng.uniform(lo, hi - span))
-            people.append(_Person(
-                feet_y=feet_y,
-                height=height,
-                x_a=x_a,
-                x_b=x_a + span,
-                speed=float(rng.uniform(0.035, 0.09)),
-                offset=float(rng.uniform(0, 200)),
-                shirt=_SHIRTS[int(rng.integers(len(_SHIRTS)))],
-                trousers=_TROUSERS[int(rng.integers(len(_TROUSERS)))],
-                skin=_SKINS[int(rng.integers(len(_SKINS)))],
-            ))
+            people.append(
+                _Person(
+                    feet_y=feet_y,
+                    height=height,
+                    x_a=x_a,
+                    x_b=x_a + span,
+                    speed=float(rng.uniform(0.035, 0.09)),
+                    offset=float(rng.uniform(0, 200)),
+                    shirt=_SHIRTS[int(rng.integers(len(_SHIRTS)))],
+                    trousers=_TROUSERS[int(rng.integers(len(_TROUSERS)))],
+                    skin=_SKINS[int(rng.integers(len(_SKINS)))],
+                )
+            )
         return people
 
     @property
@@ -229,10 +242,30 @@ class SyntheticSource(Source):
         shapes: list[tuple] = [
             ("line", (cx, hip_y), (cx + foot_dx, feet - limb / 2), p.trousers, limb),
             ("line", (cx, hip_y), (cx - foot_dx, feet - limb / 2), p.trousers, limb),
-            ("poly", [(cx - half_w, shoulder_y), (cx + half_w, shoulder_y),
-                      (cx + 0.85 * half_w, hip_y + 0.04 * h), (cx - 0.85 * half_w, hip_y + 0.04 * h)], p.shirt),
-            ("line", (cx - 0.8 * half_w, shoulder_y + limb / 2), (cx - 0.8 * half_w - hand_dx, feet - 0.50 * h), p.shirt, max(2, limb * 3 // 4)),
-            ("line", (cx + 0.8 * half_w, shoulder_y + limb / 2), (cx + 0.8 * half_w + hand_dx, feet - 0.50 * h), p.shirt, max(2, limb * 3 // 4)),
+            (
+                "poly",
+                [
+                    (cx - half_w, shoulder_y),
+                    (cx + half_w, shoulder_y),
+                    (cx + 0.85 * half_w, hip_y + 0.04 * h),
+                    (cx - 0.85 * half_w, hip_y + 0.04 * h),
+                ],
+                p.shirt,
+            ),
+            (
+                "line",
+                (cx - 0.8 * half_w, shoulder_y + limb / 2),
+                (cx - 0.8 * half_w - hand_dx, feet - 0.50 * h),
+                p.shirt,
+                max(2, limb * 3 // 4),
+            ),
+            (
+                "line",
+                (cx + 0.8 * half_w, shoulder_y + limb / 2),
+                (cx + 0.8 * half_w + hand_dx, feet - 0.50 * h),
+                p.shirt,
+                max(2, limb * 3 // 4),
+            ),
             ("circle", head_c, head_r, p.skin),
         ]
         xs: list[float] = []
@@ -366,10 +399,13 @@ class SyntheticSource(Source):
         shape = (self._height + NOISE_PAD, self._width + NOISE_PAD, 3)
         bank = []
         for _ in range(NOISE_BANKS):
-            field = rng.standard_normal(shape, dtype=np.float32)
-            field *= NOISE_SCALE
-            np.clip(field, -127, 127, out=field)
-            bank.append(field.astype(np.int8))
+            field = np.empty(shape, np.int8)
+            for top in range(0, shape[0], NOISE_CHUNK_ROWS):  # the same values as one draw, without a 4x float32 copy
+                rows = rng.standard_normal((min(NOISE_CHUNK_ROWS, shape[0] - top), *shape[1:]), dtype=np.float32)
+                rows *= NOISE_SCALE
+                np.clip(rows, -127, 127, out=rows)
+                field[top : top + len(rows)] = rows
+            bank.append(field)
         return bank
 
     # -- Source interface --------------------------------------------------------------------
@@ -385,20 +421,24 @@ class SyntheticSource(Source):
                 self._noise = self._make_noise_bank()
             except (MemoryError, cv2.error) as exc:
                 raise SourceError(f"cannot prepare the synthetic scene: {exc}") from exc
-            self._canvas = np.empty_like(self._background)
-            self._flipped = np.empty_like(self._background)
             self._closing.clear()
             self._next_due = None
             self._open = True
-        log.info("synthetic scene %dx%d ready (seed %d, %d people, machine %s) in %.2f s",
-                 self._width, self._height, self._seed, int(self._syn.people),
-                 "on" if self._syn.machine else "off", time.monotonic() - started)
+        log.info(
+            "synthetic scene %dx%d ready (seed %d, %d people, machine %s) in %.2f s",
+            self._width,
+            self._height,
+            self._seed,
+            int(self._syn.people),
+            "on" if self._syn.machine else "off",
+            time.monotonic() - started,
+        )
 
     def close(self) -> None:
         self._closing.set()
         with self._lock:
             self._open = False
-            self._background = self._canvas = self._flipped = None
+            self._background = None
             self._noise = []
 
     def set_framerate(self, fps: float) -> None:
@@ -422,16 +462,24 @@ class SyntheticSource(Source):
                 self._exposure_us, self._gain = DAY_EXPOSURE_US, DAY_GAIN
                 self._exposure_cap_us, self._gain_cap = DAY_EXPOSURE_US, DAY_GAIN
                 self._last_exposure = (DAY_EXPOSURE_US, DAY_GAIN)
-                result = {"night": False, "applied": True, "mode": "day", "exposure_us": DAY_EXPOSURE_US,
-                          "gain": DAY_GAIN, "frame_interval_s": round(1.0 / self._fps, 6),
-                          "note": "fixed day exposure"}
+                result = {
+                    "night": False,
+                    "applied": True,
+                    "mode": "day",
+                    "exposure_us": DAY_EXPOSURE_US,
+                    "gain": DAY_GAIN,
+                    "frame_interval_s": round(1.0 / self._fps, 6),
+                    "note": "fixed day exposure",
+                }
                 log.info("synthetic camera back to day exposure (%d us, gain %.1f)", DAY_EXPOSURE_US, DAY_GAIN)
                 return result
             exp = int(min(MAX_EXPOSURE_US, max(MIN_EXPOSURE_US, int(exposure_us))))
             g = float(min(MAX_GAIN, max(1.0, float(gain))))
             notes = []
             if exp != int(exposure_us):
-                notes.append(f"exposure {int(exposure_us)} us clamped to {exp} us (synthetic sensor range {MIN_EXPOSURE_US}..{MAX_EXPOSURE_US})")
+                notes.append(
+                    f"exposure {int(exposure_us)} us clamped to {exp} us (synthetic sensor range {MIN_EXPOSURE_US}..{MAX_EXPOSURE_US})"
+                )
             if g != float(gain):
                 notes.append(f"gain {float(gain):g} clamped to {g:g} (synthetic sensor range 1..{MAX_GAIN:g})")
             self._night, self._mode = True, mode
@@ -443,11 +491,19 @@ class SyntheticSource(Source):
                 self._exposure_cap_us, self._gain_cap = exp, g
                 note = "auto-exposure up to the long exposure"
             interval = max(1.0 / self._fps, exp / 1e6) if mode == "still" else None
-            result = {"night": True, "applied": True, "mode": mode, "exposure_us": exp, "gain": g,
-                      "requested_exposure_us": int(exposure_us), "requested_gain": float(gain),
-                      "clamped": bool(notes), "frame_interval_s": None if interval is None else round(interval, 6),
-                      "max_frame_interval_s": round(max(1.0 / self._fps, exp / 1e6), 6),
-                      "note": "; ".join([note] + notes)}
+            result = {
+                "night": True,
+                "applied": True,
+                "mode": mode,
+                "exposure_us": exp,
+                "gain": g,
+                "requested_exposure_us": int(exposure_us),
+                "requested_gain": float(gain),
+                "clamped": bool(notes),
+                "frame_interval_s": None if interval is None else round(interval, 6),
+                "max_frame_interval_s": round(max(1.0 / self._fps, exp / 1e6), 6),
+                "note": "; ".join([note] + notes),
+            }
         for n in notes:
             log.warning("synthetic camera: %s", n)
         log.info("synthetic camera night %s mode: exposure %d us, gain %.1f", mode, exp, g)
@@ -514,21 +570,19 @@ class SyntheticSource(Source):
         return out
 
     def _render(self, scene_t: float, k: int, exp: int, gain: float, light: float) -> tuple[np.ndarray, dict[str, Any]]:
-        assert self._background is not None and self._canvas is not None and self._flipped is not None
+        assert self._background is not None
 
-        canvas = self._canvas
-        np.copyto(canvas, self._background)
+        # The frame itself is the canvas: drawn on, then exposed and noised in place (no full-size scratch kept).
+        canvas = self._background.copy()
         machine = bool(self._syn.machine)
         running = machine and machine_running_at(scene_t)
         if machine:
             self._draw_machine(canvas, scene_t, running)
         for _person, shapes, _box in self._visible_people(scene_t):
             self._draw_person(canvas, shapes)
-        src = canvas
         flip = {(True, False): 1, (False, True): 0, (True, True): -1}.get((bool(self._cam.hflip), bool(self._cam.vflip)))
         if flip is not None:
-            cv2.flip(canvas, flip, dst=self._flipped)
-            src = self._flipped
+            canvas = cv2.flip(canvas, flip)
 
         scale = light * (exp * gain) / (DAY_EXPOSURE_US * DAY_GAIN)
         sigma = float(self._syn.noise) * math.sqrt(gain)
@@ -536,10 +590,10 @@ class SyntheticSource(Source):
             pick = np.random.default_rng([self._seed, k, 0x7])
             bank = self._noise[int(pick.integers(len(self._noise)))]
             dy, dx = (int(v) for v in pick.integers(0, NOISE_PAD, size=2))
-            noise = bank[dy:dy + self._height, dx:dx + self._width]
-            frame = cv2.addWeighted(src, scale, noise, sigma / NOISE_SCALE, 0.0, dtype=cv2.CV_8U)
+            noise = bank[dy : dy + self._height, dx : dx + self._width]
+            frame = cv2.addWeighted(canvas, scale, noise, sigma / NOISE_SCALE, 0.0, dst=canvas, dtype=cv2.CV_8U)
         else:
-            frame = cv2.convertScaleAbs(src, alpha=scale)
+            frame = cv2.convertScaleAbs(canvas, dst=canvas, alpha=scale)
         info = {
             "exposure_us": int(exp),
             "gain": float(gain),
@@ -569,7 +623,14 @@ class SyntheticSource(Source):
         for i in range(5):  # five spokes against a one-pin crank: no symmetry a frame rate could freeze
             a = angle + i * 2 * math.pi / 5
             cv2.line(img, _pt((cx, cy)), _pt((cx + R * math.cos(a), cy + R * math.sin(a))), (45, 45, 50), max(2, rim // 2), cv2.LINE_AA)
-        cv2.circle(img, _pt((cx + 0.85 * R * math.cos(angle), cy + 0.85 * R * math.sin(angle))), max(3, int(R * 0.14)), (30, 40, 210), -1, cv2.LINE_AA)
+        cv2.circle(
+            img,
+            _pt((cx + 0.85 * R * math.cos(angle), cy + 0.85 * R * math.sin(angle))),
+            max(3, int(R * 0.14)),
+            (30, 40, 210),
+            -1,
+            cv2.LINE_AA,
+        )
         cv2.circle(img, _pt((cx, cy)), max(3, int(R * 0.15)), (140, 140, 145), -1, cv2.LINE_AA)
         # crank and connecting rod driving the piston in its cylinder
         r = 0.62 * R

@@ -9,29 +9,47 @@ full-resolution frames (kind `autostack`), or one long-exposure frame when
 
 A slot is only honoured close to its time: when the loop wakes more than a
 grace of min(60 s, interval / 2) after it (the daemon was down or paused, the
-machine suspended, the clock stepped forward), the slot is skipped and logged
-rather than filled with a frame taken at another time. The interval is read
-live; a `set export.auto_save_interval_s` takes effect at once.
+machine suspended), the slot is skipped and logged rather than filled with a
+frame taken at another time. The interval is read live; a
+`set export.auto_save_interval_s` takes effect at once.
+
+A Pi without a real-time clock starts with a wrong time and steps it when the
+network time arrives. A step (the wall clock moving more than _CLOCK_STEP_S
+more or less than the steady clock between two looks) re-aligns the schedule
+to the new time: the next slot is the first one at or after now (minus the
+grace), never a slot the step jumped over and never the slot just saved once
+more; it is logged once and counted in `health`. The steady clock is
+CLOCK_BOOTTIME, which counts through a suspend, so a suspend is a missed slot
+and not a step.
 """
+
 from __future__ import annotations
 
 import logging
 import math
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime
-from typing import Any, Callable
+from typing import Any
 
 from daemon.config import Section
-from daemon.storage.export import ExportCancelled, ExportError, Exporter, NoFrameError
 from daemon.core.status import ComponentStatus
 from daemon.core.worker import Worker
+from daemon.storage.export import ExportCancelled, Exporter, ExportError, NoFrameError
 
 log = logging.getLogger("picamd.autosave")
 
 _MAX_SLEEP_S = 5.0  # re-read the wall clock at least this often: clock steps and suspends do not wake a timed wait
 _IDLE_S = 60.0  # when off; a config change wakes the thread anyway
 _STALE_FRAME_MIN_S = 30.0
+_CLOCK_STEP_S = 10.0  # the wall clock moving this much more (or less) than the steady clock between two looks is a step
+
+
+def steady_clock() -> float:
+    """Seconds that never jump: CLOCK_BOOTTIME where there is one (it counts through a suspend), else monotonic."""
+    boottime = getattr(time, "CLOCK_BOOTTIME", None)
+    return time.clock_gettime(boottime) if boottime is not None else time.monotonic()
 
 
 def _local_offset(t: float) -> float:
@@ -72,14 +90,32 @@ def _fmt(t: float | None) -> str:
     return "-" if t is None else datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S")
 
 
+def _span(seconds: float) -> str:
+    s = round(abs(seconds))
+    days, s = divmod(s, 86400)
+    return (f"{days}d " if days else "") + f"{s // 3600:02d}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
 class AutoSaver:
-    def __init__(self, cfg: Section, exporter: Exporter, is_night: Callable[[], bool], status: ComponentStatus,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        cfg: Section,
+        exporter: Exporter,
+        is_night: Callable[[], bool],
+        status: ComponentStatus,
+        clock: Callable[[], float] = time.time,
+        steady: Callable[[], float] = steady_clock,
+    ) -> None:
         self._cfg = cfg
         self._exporter = exporter
         self._is_night = is_night
         self._status = status
         self._clock = clock
+        self._steady = steady
+        self._last_look: tuple[float, float] | None = None  # (wall, steady) at the previous tick
+        self._last_slot: float | None = None  # the slot most recently run, never run twice after a step back
+        self._steps = 0
+        self._last_step: dict[str, Any] | None = None
         self._wake = threading.Event()
         self._worker = Worker("autosave", self._step, status=status, error_pause_s=_MAX_SLEEP_S, on_stop=self._wake.set)
         self._lock = threading.Lock()
@@ -124,6 +160,7 @@ class AutoSaver:
     def tick(self) -> float:
         """Run the slot that is due, if any. Returns the seconds until the next look (the thread's wait)."""
         now = self._clock()
+        step = self._clock_step(now)
         interval = float(self._cfg.auto_save_interval_s)
         if interval <= 0:
             with self._lock:
@@ -138,6 +175,13 @@ class AutoSaver:
                 self._interval = interval
                 self._next_due = slot_at_or_after(now, interval)
                 log.info("auto-save every %g s, aligned to the local clock; next at %s", interval, _fmt(self._next_due))
+            elif step:
+                self._next_due = slot_at_or_after(now - grace, interval)
+                if self._next_due == self._last_slot:  # stepped back over the slot just saved: not again
+                    self._next_due = slot_at_or_after(self._next_due + interval, interval)
+                log.warning(
+                    "auto-save re-aligned to the new time: next at %s; slots the step passed over are not back-filled", _fmt(self._next_due)
+                )
             elif self._next_due - now > interval + grace:
                 self._next_due = slot_at_or_after(now, interval)
                 log.warning("the clock went back; next auto-save at %s", _fmt(self._next_due))
@@ -153,6 +197,8 @@ class AutoSaver:
             return max(0.0, self._next_due - now)
         if passed:
             self._record_skip(due, slot - interval, passed, now - due)
+        with self._lock:
+            self._last_slot = slot
         self._run_slot(slot, grace)
         with self._lock:
             if self._interval == interval:
@@ -160,12 +206,36 @@ class AutoSaver:
             next_due = self._next_due
         return 0.0 if next_due is None else max(0.0, next_due - self._clock())
 
+    def _clock_step(self, now: float) -> float:
+        """How far the wall clock stepped since the previous look (0.0 when it kept pace with the steady clock)."""
+        steady = self._steady()
+        last, self._last_look = self._last_look, (now, steady)
+        if last is None:
+            return 0.0
+        step = (now - last[0]) - (steady - last[1])
+        if abs(step) < _CLOCK_STEP_S:
+            return 0.0
+        with self._lock:
+            self._steps += 1
+            self._last_step = {"at": round(now, 3), "at_local": _fmt(now), "by_s": round(step, 3)}
+        log.warning(
+            "the wall clock stepped %s by %s (network time at boot on a Pi without a clock, or set by hand); "
+            "captures keep their names and none is deleted for it",
+            "forward" if step > 0 else "back",
+            _span(step),
+        )
+        return step
+
     def _record_skip(self, first: float, last: float, count: int, late: float) -> None:
         with self._lock:
             self._skipped += count
         which = _fmt(first) if count == 1 else f"{_fmt(first)} .. {_fmt(last)} ({count} slots)"
-        log.warning("auto-save slot %s skipped: %.0f s late (daemon down or paused, machine suspended or clock "
-                    "stepped); not back-filled with a frame from another time", which, late)
+        log.warning(
+            "auto-save slot %s skipped: %.0f s late (daemon down or paused, machine suspended or clock "
+            "stepped); not back-filled with a frame from another time",
+            which,
+            late,
+        )
 
     def _run_slot(self, slot: float, grace: float) -> None:
         try:
@@ -178,8 +248,7 @@ class AutoSaver:
         kind = "autostack" if stacked else "auto"
         try:
             if stacked:
-                paths = self._exporter.stack_next(int(self._cfg.stack_count), [fmt], kind="autostack",
-                                                  cancel=self._worker.stopping)
+                paths = self._exporter.stack_next(int(self._cfg.stack_count), [fmt], kind="autostack", cancel=self._worker.stopping)
             else:
                 self._check_fresh(slot, grace)
                 paths = self._exporter.save([fmt], kind="auto")
@@ -191,14 +260,12 @@ class AutoSaver:
             with self._lock:
                 self._failed += 1
                 self._last = {"slot": slot, "slot_local": _fmt(slot), "kind": kind, "ok": False, "error": reason}
-            self._status.error(f"auto-save {_fmt(slot)} failed: {reason}",
-                               None if isinstance(exc, ExportError) else exc)
+            self._status.error(f"auto-save {_fmt(slot)} failed: {reason}", None if isinstance(exc, ExportError) else exc)
             self._status.degrade(f"last auto-save failed: {reason}"[:160])
             return
         with self._lock:
             self._saved += 1
-            self._last = {"slot": slot, "slot_local": _fmt(slot), "kind": kind, "ok": True,
-                          "paths": [str(p) for p in paths]}
+            self._last = {"slot": slot, "slot_local": _fmt(slot), "kind": kind, "ok": True, "paths": [str(p) for p in paths]}
         self._status.recover()
 
     def _check_fresh(self, slot: float, grace: float) -> None:
@@ -209,8 +276,7 @@ class AutoSaver:
         age = self._clock() - meta.ts
         limit = max(_STALE_FRAME_MIN_S, grace) + (meta.exposure_us or 0) / 1e6
         if age > limit:
-            raise NoFrameError(f"the newest frame is {age:.0f} s old (camera stalled?); not saved as the "
-                               f"{_fmt(slot)} auto-save")
+            raise NoFrameError(f"the newest frame is {age:.0f} s old (camera stalled?); not saved as the {_fmt(slot)} auto-save")
 
     def health(self) -> dict[str, Any]:
         interval = float(self._cfg.auto_save_interval_s)
@@ -218,6 +284,7 @@ class AutoSaver:
         with self._lock:
             last = dict(self._last) if self._last else None
             saved, failed, skipped = self._saved, self._failed, self._skipped
+            steps, last_step = self._steps, dict(self._last_step) if self._last_step else None
         snap = self._status.snapshot()
         return {
             "state": snap["state"],
@@ -229,6 +296,8 @@ class AutoSaver:
             "saved": saved,
             "failed": failed,
             "skipped": skipped,
+            "clock_steps": steps,
+            "last_clock_step": last_step,
             "errors": snap["errors"],
             "last_error": snap["last_error"],
         }

@@ -5,6 +5,7 @@ constructor argument so tests can point them at fake files. A figure that
 cannot be read is None, never an exception: health must answer on any
 machine, Pi or not.
 """
+
 from __future__ import annotations
 
 import logging
@@ -14,8 +15,9 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from daemon.config import Section
 
@@ -60,7 +62,7 @@ def parse_throttled(text: str) -> int:
 def _read_kv_kb(path: Path, wanted: tuple[str, ...]) -> dict[str, int]:
     """'Key:   1234 kB' lines -> {'Key': 1234} (kB) for the wanted keys that are present."""
     out: dict[str, int] = {}
-    with open(path, "r", encoding="ascii", errors="replace") as fh:
+    with open(path, encoding="ascii", errors="replace") as fh:
         for line in fh:
             key, _, rest = line.partition(":")
             if key in wanted:
@@ -195,8 +197,11 @@ class SystemHealth:
         if value != self._last_raw:
             self._last_raw = value
             if any(decoded["now"].values()):
-                log.warning("the Pi reports %s (get_throttled %s): check the power supply and cooling",
-                            ", ".join(decoded["problems"]), decoded["raw"])
+                log.warning(
+                    "the Pi reports %s (get_throttled %s): check the power supply and cooling",
+                    ", ".join(decoded["problems"]),
+                    decoded["raw"],
+                )
             elif decoded["problems"]:
                 log.info("the Pi reports %s (get_throttled %s)", ", ".join(decoded["problems"]), decoded["raw"])
         return decoded, None
@@ -210,8 +215,9 @@ class SystemHealth:
 
 def _run_with_timeout(argv: list[str], timeout: float) -> tuple[int, str, str]:
     """Run a command; on timeout kill its whole process group, so a hung helper it started cannot hold us either."""
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     try:
         stdout, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -256,8 +262,14 @@ class SwapGuard:
 
     _OFF_RATIO = 0.9
 
-    def __init__(self, cfg: Section, *, meminfo_path: str | os.PathLike = "/proc/meminfo", refresh_s: float = 5.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        cfg: Section,
+        *,
+        meminfo_path: str | os.PathLike = "/proc/meminfo",
+        refresh_s: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._cfg = cfg
         self._meminfo = Path(meminfo_path)
         self._refresh_s = refresh_s
@@ -303,8 +315,12 @@ class SwapGuard:
         threshold = self._cfg.swap_guard_mb
         if active:
             self._engaged_count += 1
-            log.warning("swap guard on: %.0f MiB of swap in use (limit %g MiB); capture slows down %gx to let memory recover",
-                        used, threshold, self._cfg.swap_guard_factor)
+            log.warning(
+                "swap guard on: %.0f MiB of swap in use (limit %g MiB); capture slows down %gx to let memory recover",
+                used,
+                threshold,
+                self._cfg.swap_guard_factor,
+            )
         elif used is None:
             log.info("swap guard off")
         else:

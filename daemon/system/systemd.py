@@ -5,13 +5,14 @@ name starting with '@'); each message is one datagram of `KEY=value` lines.
 Outside systemd every call is a silent no-op, and no call ever raises: a
 notification that cannot be sent must not take the daemon down.
 """
+
 from __future__ import annotations
 
 import logging
 import os
 import socket
 import threading
-from typing import Mapping
+from collections.abc import Mapping
 
 log = logging.getLogger("picamd.systemd")
 

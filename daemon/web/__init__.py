@@ -8,6 +8,7 @@ takes one client slot (`http.max_clients`) rather than three. Its
 Content-Security-Policy lets the browser run exactly that style and script
 (by hash) and talk to this server only.
 """
+
 from __future__ import annotations
 
 import base64
@@ -62,6 +63,8 @@ def _headers(page: str) -> tuple[tuple[str, str], ...]:
     """The page's security headers: its own inline scripts and style (by hash) and requests to this server only."""
     scripts = " ".join(_digest(t) for t in re.findall(r"<script[^>]*>(.*?)</script>", page, re.S))
     styles = " ".join(_digest(t) for t in re.findall(r"<style[^>]*>(.*?)</style>", page, re.S))
-    policy = (f"default-src 'none'; script-src {scripts}; style-src {styles}; img-src 'self' blob:; "
-              "connect-src 'self'; base-uri 'none'; form-action 'none'")
+    policy = (
+        f"default-src 'none'; script-src {scripts}; style-src {styles}; img-src 'self' blob:; "
+        "connect-src 'self'; base-uri 'none'; form-action 'none'"
+    )
     return (("Content-Security-Policy", policy), ("X-Content-Type-Options", "nosniff"), ("Referrer-Policy", "no-referrer"))

@@ -1,15 +1,16 @@
 // The page's script; the server inlines it into index.html.
 //
 // `picamd`: the pure helpers, with no DOM access: reading the multipart stream, frame metadata,
-// the X-Motion value, the region command line, and what to do when frames stop coming. The tests
-// load this file under node and call them. `startPage`: the page itself, run only where there is a document.
+// the X-Motion and X-Detections values, the outlines of the regions, the region command line, and what
+// to do when frames stop coming. The tests load this file under node and call them. `startPage`: the
+// page itself, run only where there is a document.
 "use strict";
 const picamd = (() => {
   const MAX_HEADER_BYTES = 65536;
   const MAX_PART_BYTES = 64 * 1024 * 1024;
   const STANDARD_HEADERS = ["content-type", "content-length", "x-frame-id", "x-timestamp", "x-dark-score",
-                            "x-night", "x-exposure-us", "x-gain", "x-motion"];
-  const META_KEYS = ["frame_id", "ts", "dark_score", "night", "exposure_us", "gain", "motion"];
+                            "x-night", "x-exposure-us", "x-gain", "x-motion", "x-detections", "x-people"];
+  const META_KEYS = ["frame_id", "ts", "dark_score", "night", "exposure_us", "gain", "motion", "detections", "people"];
   const NAME_FORBIDDEN = '=;:,"\\';
 
   function boundaryOf(contentType) {
@@ -98,7 +99,8 @@ const picamd = (() => {
     }
     return {frame_id: number(h["x-frame-id"]), ts: number(h["x-timestamp"]), dark_score: number(h["x-dark-score"]),
             night: h["x-night"] === "1", exposure_us: number(h["x-exposure-us"]), gain: number(h["x-gain"]),
-            motion: h["x-motion"] === undefined ? null : h["x-motion"], other};
+            motion: h["x-motion"] === undefined ? null : h["x-motion"],
+            detections: parseDetections(h["x-detections"]), people: number(h["x-people"]), other};
   }
 
   function frameFromMeta(m) {
@@ -109,7 +111,71 @@ const picamd = (() => {
       }
     }
     return {frame_id: number(m.frame_id), ts: number(m.ts), dark_score: number(m.dark_score), night: Boolean(m.night),
-            exposure_us: number(m.exposure_us), gain: number(m.gain), motion: m.motion === undefined ? null : m.motion, other};
+            exposure_us: number(m.exposure_us), gain: number(m.gain), motion: m.motion === undefined ? null : m.motion,
+            detections: parseDetections(m.detections), people: number(m.people), other};
+  }
+
+  // X-Detections (or /meta's `detections`): {f: frame id, t: time, s: [w, h] the pixels the boxes are in,
+  // d: [[x1, y1, x2, y2, score, label, track], ...], g: groups as lists of indices into d}. Gives
+  // {frameId, ts, boxes, groups}: each box in fractions of the frame (x, y, w, h), with its label, score,
+  // track (0: not tracked), its index in d, its group (1-based, 0: none) and the text drawn on it; null
+  // when the value is not that form.
+  function parseDetections(value) {
+    let tag = value;
+    if (typeof value === "string") {
+      try { tag = JSON.parse(value); } catch (e) { return null; }
+    }
+    if (!tag || typeof tag !== "object" || !Array.isArray(tag.d) || !Array.isArray(tag.s)) { return null; }
+    const [sw, sh] = tag.s.map(Number);
+    if (!(sw > 0 && sh > 0)) { return null; }
+    const groups = Array.isArray(tag.g) ? tag.g.filter(Array.isArray).map((g) => g.filter(Number.isInteger)) : null;
+    const groupOf = new Map();
+    (groups || []).forEach((members, k) => { for (const i of members) { groupOf.set(i, k + 1); } });
+    const clamp = (v) => Math.min(1, Math.max(0, v));
+    const boxes = [];
+    tag.d.forEach((d, index) => {
+      if (!Array.isArray(d) || d.length < 6) { return; }
+      const [x1, y1, x2, y2] = d.slice(0, 4).map(Number);
+      if (![x1, y1, x2, y2].every(Number.isFinite) || x2 <= x1 || y2 <= y1) { return; }
+      const score = Number(d[4]), label = String(d[5]), track = Number.isInteger(d[6]) && d[6] > 0 ? d[6] : 0;
+      const x = clamp(x1 / sw), y = clamp(y1 / sh);
+      boxes.push({x, y, w: clamp(x2 / sw) - x, h: clamp(y2 / sh) - y, score: Number.isFinite(score) ? score : 0, label, track,
+                  index, group: groupOf.get(index) || 0,
+                  text: label + (track ? " #" + track : "") + (Number.isFinite(score) ? " " + score.toFixed(2) : "")});
+    });
+    return {frameId: number(tag.f), ts: number(tag.t), boxes, groups};
+  }
+
+  // The people line beside the image: how many are in view, and how they stand in groups.
+  function peopleSummary(people, detections) {
+    const boxes = detections ? detections.boxes.filter((b) => b.label === "person") : [];
+    const n = people !== null && people !== undefined ? people : (detections ? boxes.length : null);
+    if (n === null) { return "no detection result (detection is off, or nothing has been computed yet)"; }
+    let text = n === 0 ? "no one in view" : n === 1 ? "1 person in view" : n + " people in view";
+    const sizes = ((detections && detections.groups) || []).map((g) => g.length).filter((k) => k > 0);
+    if (sizes.length) {
+      const grouped = sizes.reduce((a, b) => a + b, 0);
+      text += ": " + (sizes.length === 1 ? "1 group of " + sizes[0] : sizes.length + " groups (" + sizes.join(", ") + ")") +
+              (n > grouped ? ", " + (n - grouped) + " alone" : "");
+    }
+    return text;
+  }
+
+  // GET /regions -> [{name, points: [[x, y], ...] in fractions of the frame, state}] for the outlines
+  // drawn over the image; `states` (from X-Motion: name -> state) is the newest frame's.
+  function regionOutlines(payload, states) {
+    if (!payload || !Array.isArray(payload.regions) || !Array.isArray(payload.frame)) { return []; }
+    const [fw, fh] = payload.frame.map(Number);
+    if (!(fw > 0 && fh > 0)) { return []; }
+    const out = [];
+    for (const r of payload.regions) {
+      if (!r || !Array.isArray(r.points) || r.points.length < 3) { continue; }
+      const points = r.points.map((p) => [Number(p[0]) / fw, Number(p[1]) / fh]);
+      if (!points.every(([x, y]) => Number.isFinite(x) && Number.isFinite(y))) { continue; }
+      const name = String(r.name);
+      out.push({name, points, state: String((states && states[name]) || r.state || "UNKNOWN").toUpperCase()});
+    }
+    return out;
   }
 
   // "press1=0.1234:RUNNING;door=0.0000:STOPPED" -> [{name, fraction, state}]; null when it is not that form.
@@ -173,7 +239,7 @@ const picamd = (() => {
     }
     const rectText = x + " " + y + " " + w + " " + h;
     result.command = "region add " + cleanName + " " + rectText + minPart;
-    result.calibrate = "python tools/calibrate.py --url " + (origin || "URL") + " --name " + cleanName + " --rect " + rectText;
+    result.calibrate = ".venv/bin/python tools/calibrate.py --url " + (origin || "URL") + " --name " + cleanName + " --rect " + rectText;
     return result;
   }
 
@@ -210,8 +276,23 @@ const picamd = (() => {
     return Math.round(us) + " \u00b5s";
   }
 
+  // The health pill from /health: the overall state, what is degraded and why, and a synthetic scene named as
+  // such, so drawn frames never pass for a camera's ({text, title, kind}).
+  function healthSummary(h) {
+    const bad = (h.degraded || []).map((n) => n + " " + String(((h.components || {})[n] || {}).state || "").replace(/^degraded /, ""));
+    const camera = h.camera || {};
+    let text = h.status === "ok" ? "healthy" : "degraded: " + bad.join(", ");
+    const title = bad.slice();
+    if (camera.synthetic) {
+      text += " \u00b7 synthetic scene, not a camera";
+      title.push(String(camera.chosen || "synthetic scene"));
+    }
+    return {text, title: title.join("\n"), kind: h.status === "ok" && !camera.synthetic ? "ok" : "warn"};
+  }
+
   return {boundaryOf, MultipartReader, frameFromHeaders, frameFromMeta, parseMotion, nameProblem,
-          regionCommand, stallAction, formatDuration, formatExposure};
+          regionCommand, stallAction, formatDuration, formatExposure, healthSummary, parseDetections,
+          peopleSummary, regionOutlines};
 })();
 
 function startPage() {
@@ -242,10 +323,10 @@ function startPage() {
       if (!h || typeof h !== "object") { throw new Error("not JSON"); }
       health = h;
       healthAt = performance.now();
-      const bad = (h.degraded || []).map((n) => n + " " + String(((h.components || {})[n] || {}).state || "").replace(/^degraded /, ""));
-      healthEl.textContent = h.status === "ok" ? "healthy" : "degraded: " + bad.join(", ");
-      healthEl.title = bad.join("\n");
-      healthEl.className = "pill " + (h.status === "ok" ? "ok" : "warn");
+      const summary = picamd.healthSummary(h);
+      healthEl.textContent = summary.text;
+      healthEl.title = summary.title;
+      healthEl.className = "pill " + summary.kind;
       showRegion();
     } catch (e) {
       healthEl.textContent = "health: no answer";
@@ -287,7 +368,73 @@ function startPage() {
     $("other-row").hidden = other.length === 0;
     show("other", other.map(([k, v]) => k + ": " + v).join("\n"));
     showMotion(f.motion);
+    showPeople(f);
+    drawMarks(f);
   }
+
+  // ---- people and the marks over the image: boxes with track ids, and the regions' outlines
+  const SVG = $("marks").namespaceURI;  // the SVG namespace, from the page's own <svg>
+  let regionsPayload = null, regionNamesSeen = "";
+  async function refreshRegions() {
+    try {
+      const r = await fetch("regions", {cache: "no-store"});
+      if (r.ok) { regionsPayload = await r.json(); }
+    } catch (e) {
+      // the stream and the watchdog report a daemon that does not answer
+    }
+  }
+  function showPeople(f) {
+    show("people", picamd.peopleSummary(f.people, f.detections));
+    const body = $("track-rows");
+    body.replaceChildren();
+    const boxes = f.detections ? f.detections.boxes : [];
+    if (!boxes.length) {
+      const td = cell(body.insertRow(), f.detections ? "nobody" : "-", "hint");
+      td.colSpan = 4;
+      return;
+    }
+    for (const b of boxes) {
+      const row = body.insertRow();
+      cell(row, b.track ? "#" + b.track : "-", "num");
+      cell(row, b.label);
+      cell(row, b.score.toFixed(2), "num");
+      cell(row, b.group ? String(b.group) : "-", "num");
+    }
+  }
+  function svgEl(name, attrs) {
+    const el = document.createElementNS(SVG, name);
+    for (const [k, v] of Object.entries(attrs)) { el.setAttribute(k, String(v)); }
+    el.setAttribute("vector-effect", "non-scaling-stroke");
+    return el;
+  }
+  function label(text, x, y, className) {
+    const span = document.createElement("span");
+    span.textContent = text;
+    span.className = className;
+    span.style.left = (x * 100).toFixed(3) + "%";
+    span.style.top = (y * 100).toFixed(3) + "%";
+    return span;
+  }
+  function drawMarks(f) {
+    const states = {};
+    for (const r of picamd.parseMotion(f.motion) || []) { states[r.name] = r.state; }
+    const names = Object.keys(states).sort().join(";");
+    if (names !== regionNamesSeen) { regionNamesSeen = names; refreshRegions(); }  // a region added or removed live
+    const regionGroup = $("region-marks"), boxGroup = $("box-marks"), labels = $("labels");
+    const spans = [];
+    regionGroup.replaceChildren(...picamd.regionOutlines(regionsPayload, states).map((r) => {
+      spans.push(label(r.name + " " + r.state, Math.min(...r.points.map((p) => p[0])), Math.min(...r.points.map((p) => p[1])), "region"));
+      return svgEl("polygon", {points: r.points.map((p) => p.join(",")).join(" "), class: r.state});
+    }));
+    const boxes = f.detections ? f.detections.boxes : [];
+    boxGroup.replaceChildren(...boxes.map((b) => {
+      const other = b.label === "person" ? "" : "other";
+      spans.push(label(b.text, b.x, b.y, other + (b.y < 0.05 ? " below" : "")));
+      return svgEl("rect", {x: b.x, y: b.y, width: b.w, height: b.h, class: other});
+    }));
+    labels.replaceChildren(...spans);
+  }
+  $("show-marks").addEventListener("change", (ev) => view.classList.toggle("nomarks", !ev.target.checked));
   const STATE_HELP = {
     UNKNOWN: "not judged yet: the time window (motion.window_s) has not filled since the start or a change",
     RUNNING: "more than motion.running_fraction of the frames in the window moved",
@@ -678,7 +825,8 @@ function startPage() {
     for (let i = 1; ; i++) { if (!taken.includes("region" + i)) { nameInput.value = "region" + i; return; } }
   };
   refreshHealth().then(nameFree);
-  setInterval(() => { if (!document.hidden) { refreshHealth(); } }, 10000);
+  refreshRegions();
+  setInterval(() => { if (!document.hidden) { refreshHealth(); refreshRegions(); } }, 10000);
   if (typeof ReadableStream === "function" && typeof Response === "function" && "body" in Response.prototype) {
     openStream();
     setInterval(watchdog, 1000);

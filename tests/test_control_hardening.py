@@ -1,0 +1,216 @@
+"""The command port against unfriendly and careless clients, on one real daemon with a token.
+
+Silent and blank-line clients filling the port, guessing the token over one
+connection, every command's token rule (read from the daemon's own `help`,
+so commands added later are covered), an allow-list that would shut out the
+client setting it.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from daemon_proc import Daemon, replies, reply_json, send, wait_for
+
+pytestmark = pytest.mark.timeout(90)
+
+TOKEN = "s3cret-token"
+GRACE_S = 0.5
+NEEDS_TOKEN = "needs 'token SECRET'"
+# Commands that change state: whatever else the registry marks, these must need the token.
+KNOWN_MUTATING = {
+    "set",
+    "reset",
+    "overwrite_config",
+    "save",
+    "pastStack",
+    "stack",
+    "night auto",
+    "night day",
+    "night night",
+    "region add",
+    "region del",
+    "notify_test",
+}
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    workdir: Path = tmp_path_factory.mktemp("hardening")
+    d = Daemon(workdir, {"control.token": TOKEN, "control.grace_s": GRACE_S, "control.script_linger_s": 0}).start()
+    yield d
+    d.stop()
+
+
+def control_health(d: Daemon) -> dict:
+    return reply_json(replies(d.cmd("health"))[0])["clients"]["control"]
+
+
+def connect(d: Daemon) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", d.control_port), timeout=20)
+
+
+def first_line(d: Daemon, line: str) -> str:
+    """The first line of the reply to one command (enough for a stream reply too)."""
+    with connect(d) as sock:
+        sock.sendall(line.encode() + b"\n")
+        sock.shutdown(socket.SHUT_WR)
+        data = b""
+        while b"\n" not in data:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+    return data.split(b"\n", 1)[0].decode(errors="replace")
+
+
+def close_all(d: Daemon, socks: list[socket.socket]) -> None:
+    for s in socks:
+        s.close()
+    assert wait_for(lambda: control_health(d)["clients"] <= 1)  # only the health connection itself
+
+
+# -- 4: a full port makes room -------------------------------------------------------------------------
+
+
+def test_32_silent_clients_do_not_lock_out_a_new_health(daemon: Daemon) -> None:
+    before = control_health(daemon)["dropped_for_newcomer"]
+    silent = [connect(daemon) for _ in range(32)]  # the port is full (control.max_clients is 32)
+    time.sleep(GRACE_S + 0.2)  # past their grace: a never-used connection is the first to go
+    out = daemon.cmd("health")
+    assert out.startswith("OK "), out
+    figures = reply_json(replies(out)[0])["clients"]["control"]
+    assert figures["dropped_for_newcomer"] >= before + 1 and figures["refused_too_many"] == 0
+    dropped = 0
+    for s in silent:
+        s.settimeout(0.05)
+        try:
+            dropped += s.recv(200).startswith(b"ERR dropped: the command port is full")
+        except (TimeoutError, ConnectionResetError):
+            pass
+    assert dropped >= 1
+    close_all(daemon, silent)
+
+
+def test_32_blank_line_senders_do_not_lock_out_a_new_health(daemon: Daemon) -> None:
+    chatty = [connect(daemon) for _ in range(32)]
+    for s in chatty:
+        s.sendall(b"status\n")
+    for s in chatty:  # all 32 are in and served
+        data = b""
+        while not data.endswith(b"\n\n"):
+            data += s.recv(65536)
+        assert data.startswith(b"OK ")
+    stop = threading.Event()
+
+    def blank_lines() -> None:  # what kept the port full forever: a blank line every so often on every connection
+        while not stop.is_set():
+            for s in chatty:
+                try:
+                    s.sendall(b"\n")
+                except OSError:
+                    pass
+            stop.wait(0.1)
+
+    sender = threading.Thread(target=blank_lines, daemon=True)
+    sender.start()
+    try:
+        time.sleep(0.3)
+        out = daemon.cmd("health")
+        assert out.startswith("OK "), out
+        assert reply_json(replies(out)[0])["clients"]["control"]["refused_too_many"] == 0
+    finally:
+        stop.set()
+        sender.join(5)
+    close_all(daemon, chatty)
+
+
+# -- 5: token guessing ---------------------------------------------------------------------------------
+
+
+def test_guessing_the_token_over_one_connection_is_slowed_counted_logged_and_cut_off(daemon: Daemon) -> None:
+    before = control_health(daemon)
+    guesses = 50
+    t0 = time.monotonic()
+    out = send(daemon.control_port, *(f"token guess{i:04d}" for i in range(guesses)))
+    elapsed = time.monotonic() - t0
+    answers = replies(out)
+    assert answers == ["ERR wrong token", "ERR wrong token", "ERR wrong token; closing this connection after 3 wrong tokens"]
+    # 3 tries, then the connection is closed: 0.5 s + 1 s + 2 s of delays bound the rate (it was about 53,000 a second).
+    assert elapsed >= 3.5 and len(answers) / elapsed < 1.0
+    after = control_health(daemon)
+    assert after["token_failures"] - before["token_failures"] == 3
+    assert after["token_disconnects"] - before["token_disconnects"] == 1
+    lines = [ln for ln in daemon.log().splitlines() if "wrong token from 127.0.0.1" in ln]
+    assert len(lines) == 1, lines  # logged once, then counted (one line a minute per address)
+    assert "guess" not in daemon.log()  # the guesses themselves never reach the journal
+    # The right token still works at once, and clears the address's record.
+    t0 = time.monotonic()
+    assert replies(send(daemon.control_port, f"token {TOKEN}"))[0] == "OK authorised"
+    assert time.monotonic() - t0 < 3.0
+
+
+# -- 6: every command's token rule, from the daemon's own registry ---------------------------------------
+
+
+def _help_entries(d: Daemon) -> dict[str, bool]:
+    """Every (sub)command the daemon's `help` lists -> whether it is marked as needing the token."""
+    out = replies(d.cmd("help"))[0].splitlines()
+    count = int(re.match(r"OK (\d+) commands", out[0])[1])  # type: ignore[index]
+    entries: dict[str, bool] = {}
+    for line in out[1:]:
+        # `USAGE  description`: a usage line has single spaces only; its name is the words before the first argument.
+        usage = re.split(r" {2,}", line.strip(), maxsplit=1)[0]
+        words = []
+        for word in usage.split():
+            if word.isupper() or word.startswith("[") or "|" in word:
+                break
+            words.append(word)
+        entries[" ".join(words)] = line.rstrip().endswith("(needs token)")
+    assert len(entries) == count, (len(entries), count, out)
+    return entries
+
+
+def _with_dummy_args(d: Daemon, name: str) -> list[str]:
+    """First lines of the replies to `name` with 0..6 dummy arguments (arguments that change nothing when refused)."""
+    return [first_line(d, " ".join([name, *(["1"] * n)])) for n in range(7)]
+
+
+def test_every_state_changing_command_needs_the_token_and_no_reading_one_does(daemon: Daemon) -> None:
+    entries = _help_entries(daemon)
+    assert KNOWN_MUTATING <= {n for n, mutating in entries.items() if mutating}, "a command that changes state is open"
+    assert {"help", "health", "status", "get", "dump_config", "night", "motion", "regions", "list"} <= {
+        n for n, mutating in entries.items() if not mutating
+    }
+    for name, mutating in entries.items():
+        if name in ("token", "stay"):
+            continue  # the token command itself, and stay (holds the connection): nothing to refuse
+        answers = _with_dummy_args(daemon, name)
+        if mutating:
+            # Some argument count passes the usage check; every such line must be refused for the token.
+            refused = [a for a in answers if not a.startswith("ERR usage:")]
+            assert refused and all(NEEDS_TOKEN in a and a.startswith(f"ERR {name} ") for a in refused), (name, answers)
+        else:
+            assert not any(NEEDS_TOKEN in a for a in answers), (name, answers)
+    # Nothing was changed by all that: no capture was written, the config is as it was.
+    assert not list((daemon.workdir / "captures").rglob("*.jpg"))
+    assert reply_json(replies(daemon.cmd("dump_config"))[0])["night"]["gain"] == 8.0
+
+
+# -- 10: an allow-list that shuts out its setter ------------------------------------------------------------
+
+
+def test_an_allow_list_that_excludes_the_client_changing_it_is_refused(daemon: Daemon) -> None:
+    auth = f"token {TOKEN}"
+    for value in ("[]", "10.0.0.0/8", "192.168.1.0/24,10.0.0.0/8"):
+        answer = replies(send(daemon.control_port, auth, f"set control.allow {value}"))[1]
+        assert answer.startswith("ERR control.allow: ") and "would shut out 127.0.0.1, the client making this change" in answer, answer
+    assert replies(send(daemon.control_port, auth, "set control.allow 127.0.0.1/32,10.0.0.0/8"))[1].startswith("OK")
+    assert replies(send(daemon.control_port, auth, "reset control.allow"))[1].startswith('OK control.allow=["127.0.0.0/8"')
+    assert first_line(daemon, "health").startswith("OK")

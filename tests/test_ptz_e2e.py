@@ -1,0 +1,226 @@
+"""End to end: the daemon as a subprocess drives the VISCA simulator, takes each preset's picture from an HTTP snapshot
+server (a different real photo per preset, behind basic auth), counts people, writes the report and mails the zip to a
+real SMTP server; all on loopback, driven through the command port like nc does."""
+
+from __future__ import annotations
+
+import csv
+import email
+import json
+import shutil
+import subprocess
+import threading
+import zipfile
+from pathlib import Path
+
+import pytest
+from aiosmtpd.controller import Controller
+from daemon_proc import Daemon, free_port, replies, reply_json, wait_for
+from ptz_scene import SnapshotServer
+from visca_sim import ViscaCamera
+
+TOKEN = "e2e-token-4711"
+PRESETS = [{"number": 1, "name": "Entrance"}, {"number": 2, "name": "Coffee bar"}, {"number": 3, "name": "Studio"}]
+
+
+class Mailbox:
+    def __init__(self) -> None:
+        self.messages: list = []
+        self.cond = threading.Condition()
+
+    async def handle_DATA(self, server, session, envelope):  # noqa: N802 (aiosmtpd's naming)
+        with self.cond:
+            self.messages.append(envelope)
+            self.cond.notify_all()
+        return "250 OK"
+
+    def wait_for(self, count: int) -> list:
+        with self.cond:
+            assert self.cond.wait_for(lambda: len(self.messages) >= count, 30), f"expected {count} mail(s), got {len(self.messages)}"
+            return list(self.messages)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    camera = ViscaCamera(move_time_s=0.3).start()
+    snap = SnapshotServer(camera, user="admin", password="cam-pw-99")
+    box = Mailbox()
+    smtp = Controller(box, hostname="127.0.0.1", port=free_port())
+    smtp.start()
+    daemon = Daemon(
+        tmp_path_factory.mktemp("ptz"),
+        overrides={
+            "control.token": TOKEN,
+            "ptz.enabled": True,
+            "ptz.host": "127.0.0.1",
+            "ptz.port": camera.tcp_port,
+            "ptz.timeout_s": 0.5,
+            "ptz.move_timeout_s": 10.0,
+            "ptz.presets": PRESETS,
+            "ptz.snapshot_url": snap.url("admin:cam-pw-99"),
+            "ptz.settle_s": 3.0,
+            "ptz.report.email": True,
+            "notify.email.smtp_host": "127.0.0.1",
+            "notify.email.smtp_port": smtp.port,
+            "notify.email.security": "none",
+            "notify.email.recipients": ["site@example.com"],
+            "notify.backoff_s": 0.1,
+        },
+        env={"NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"},
+    ).start()
+    yield camera, snap, box, daemon
+    daemon.stop()
+    smtp.stop()
+    snap.close()
+    camera.stop()
+
+
+def first(out: str) -> str:
+    return replies(out)[0].splitlines()[0]
+
+
+def finished(daemon: Daemon, run_id: str) -> dict:
+    def status() -> dict | None:
+        reply = replies(daemon.cmd("sweep status"))[0]
+        body = reply_json(reply)
+        return body if body and body["run"] == run_id and body["status"] != "running" else None
+
+    body = wait_for(status, timeout=40, interval=0.1)
+    assert body, f"sweep {run_id} did not finish:\n{daemon.log()}"
+    return body
+
+
+def start_sweep(daemon: Daemon, selection: str = "") -> str:
+    out = daemon.cmd(f"token {TOKEN}", f"sweep {selection}".strip())
+    head = replies(out)[1].splitlines()[0]
+    assert head.startswith("OK sweep run_"), out
+    return head.split()[2]
+
+
+def test_reading_is_open_and_moving_needs_the_token(world):
+    camera, _, _, daemon = world
+    camera.faults = type(camera.faults)()
+    assert first(daemon.cmd("goto 1")) == "ERR goto changes state and needs 'token SECRET' first on this connection"
+    assert first(daemon.cmd("sweep")).startswith("ERR sweep changes state and needs")
+    head = first(daemon.cmd("ptz"))
+    assert head.startswith("OK PTZ idle at pan ") and f"camera 127.0.0.1:{camera.tcp_port} (visca-tcp, address 1)" in head
+    presets = reply_json(replies(daemon.cmd("presets"))[0])
+    assert [p["name"] for p in presets] == ["Entrance", "Coffee bar", "Studio"]
+    out = replies(
+        daemon.cmd(f"token {TOKEN}", "goto 2", "pan_tilt 100 -50 10", "zoom 4000", "preset set 300", "preset set 12", "home", "ptz stop")
+    )
+    heads = [r.splitlines()[0] for r in out]
+    assert heads[1].startswith("OK at preset 2 after ")
+    assert heads[2].startswith("OK moved in ") and heads[2].endswith("pan 100 tilt -50 zoom 1000")
+    assert heads[3].endswith("pan 100 tilt -50 zoom 4000")
+    assert heads[4] == "ERR preset must be 0..254, not 300"
+    assert heads[5] == "OK preset 12 stored" and camera.presets[12] == (100, -50, 4000)
+    assert heads[6].startswith("OK home after ") and heads[7] == "OK stopped"
+    dump = daemon.cmd("dump_config")
+    assert "cam-pw-99" not in dump and "admin:***@127.0.0.1" in dump
+
+
+def _openbsd_nc() -> str | None:
+    nc = shutil.which("nc")
+    if nc is None:
+        return None
+    out = subprocess.run([nc, "-h"], capture_output=True, text=True, timeout=10)
+    return nc if "OpenBSD netcat" in out.stdout + out.stderr else None
+
+
+def test_a_sweep_from_nc_writes_the_report_and_mails_the_zip(world):
+    camera, snap, box, daemon = world
+    camera.faults = type(camera.faults)()
+    mails = len(box.messages)
+    nc = _openbsd_nc()
+    if nc is not None:  # the real netcat, as a person would type it
+        out = subprocess.run(
+            f"printf 'token {TOKEN}\\nsweep\\n' | {nc} -N 127.0.0.1 {daemon.control_port}",
+            shell=True,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        ).stdout
+    else:
+        out = daemon.cmd(f"token {TOKEN}", "sweep")
+    head = replies(out)[1].splitlines()[0]
+    assert head.startswith("OK sweep run_") and head.endswith("started: 3 preset(s)"), out
+    run_id = head.split()[2]
+    body = finished(daemon, run_id)
+    assert body["status"] == "done" and [r["people"] for r in body["rows"]] == [1, 0, 1]
+    folder = Path(body["folder"])
+    assert folder == daemon.workdir / "captures" / "sweeps" / run_id
+    with open(folder / "results" / "count_results.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [(r["preset"], r["name"], r["people"], r["error"]) for r in rows] == [
+        ("1", "Entrance", "1", ""),
+        ("2", "Coffee bar", "0", ""),
+        ("3", "Studio", "1", ""),
+    ]
+    annotated = sorted(p.name for p in (folder / "annotated_images").iterdir())
+    assert annotated == ["p001_entrance.jpg", "p002_coffee_bar.jpg", "p003_studio.jpg"]
+    zip_path = folder / f"ptz_capture_results_{run_id.removeprefix('run_')}.zip"
+    with zipfile.ZipFile(zip_path) as zf:
+        assert zf.testzip() is None
+        assert {
+            f"{run_id}/annotated_images/p001_entrance.jpg",
+            f"{run_id}/raw_images/p003_studio.jpg",
+            f"{run_id}/results/count_results.csv",
+            f"{run_id}/summary.json",
+        } <= set(zf.namelist())
+    assert snap.refused == 0  # every snapshot fetch logged in with the URL's user
+    mail = email.message_from_bytes(box.wait_for(mails + 1)[mails].content)
+    assert mail["To"] == "site@example.com" and run_id in " ".join(mail["Subject"].split())
+    attachment = next(p for p in mail.walk() if p.get_filename() == zip_path.name)
+    assert attachment.get_content_type() == "application/zip" and attachment.get_payload(decode=True) == zip_path.read_bytes()
+    health = reply_json(replies(daemon.cmd("health"))[0])
+    assert health["ptz"]["sweeps"] >= 1 and health["notify"]["channels"]["ptz-email"]["sent"] >= 1
+
+
+def test_one_preset_erroring_gives_one_error_row_and_a_complete_report(world):
+    camera, _, box, daemon = world
+    camera.faults = type(camera.faults)()
+    camera.faults.preset_errors = {2: 0x41}
+    mails = len(box.messages)
+    run_id = start_sweep(daemon)
+    body = finished(daemon, run_id)
+    camera.faults.preset_errors = {}
+    assert body["status"] == "partial"
+    folder = Path(body["folder"])
+    with open(folder / "results" / "count_results.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["people"] for r in rows] == ["1", "", "1"]
+    assert rows[1]["error"].endswith("refused recall preset 2: command not executable") and not rows[0]["error"] and not rows[2]["error"]
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["status"] == "partial" and summary["ok"] == 2
+    with zipfile.ZipFile(next(folder.glob("*.zip"))) as zf:
+        assert sorted(n.rsplit("/", 1)[1] for n in zf.namelist() if "/raw_images/" in n) == ["p001_entrance.jpg", "p003_studio.jpg"]
+    box.wait_for(mails + 1)
+
+
+def test_sweep_cancel_leaves_a_consistent_partial_report(world):
+    camera, _, _, daemon = world
+    camera.faults = type(camera.faults)()
+    camera.move_time_s = 1.5
+    try:
+        run_id = start_sweep(daemon, "1,3,2")
+        busy = replies(daemon.cmd(f"token {TOKEN}", "sweep 1"))[1].splitlines()[0]
+        assert busy == f"ERR busy: sweep {run_id} running"
+        assert replies(daemon.cmd(f"token {TOKEN}", "goto 1"))[1].splitlines()[0] == f"ERR busy: sweep {run_id} running"
+        assert wait_for(lambda: reply_json(replies(daemon.cmd("sweep status"))[0])["presets_done"] >= 1, timeout=20)
+        cancel = replies(daemon.cmd(f"token {TOKEN}", "sweep cancel"))[1].splitlines()[0]
+        assert cancel == f"OK sweep {run_id} cancelling (the report keeps what was done)"
+        body = finished(daemon, run_id)
+    finally:
+        camera.move_time_s = 0.3
+    assert body["status"] == "cancelled"
+    folder = Path(body["folder"])
+    with open(folder / "results" / "count_results.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["preset"] for r in rows] == ["1", "3", "2"] and rows[0]["people"] == "1" and rows[0]["error"] == ""
+    assert all(r["error"] and r["people"] == "" for r in rows[1:])
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["status"] == "cancelled" and summary["ok"] == 1 and summary["cancelled_by"].startswith("127.0.0.1:")
+    with zipfile.ZipFile(next(folder.glob("*.zip"))) as zf:
+        assert zf.testzip() is None and f"{run_id}/raw_images/p001_entrance.jpg" in zf.namelist()
+    assert replies(daemon.cmd(f"token {TOKEN}", "sweep cancel"))[1].splitlines()[0] == "ERR no sweep is running"
