@@ -1,170 +1,763 @@
-"""Memory: RSS of the daemon with a full 300-frame ring against the ring's own bytes, and the Pi memory table.
+"""Memory: the daemon's RSS with the shipped config and a full ring, measured the way a plain run is; where it goes; the Pi table.
 
-Two daemons run side by side with the same config except `ring.size` (2 and
-300, ring 256x192, synthetic 1024x768). Once each ring is full (health
-`ring.fill`), VmRSS is sampled a few times and the medians are compared:
+What a user measures is one daemon, `python -m daemon --config config.yaml`, and VmRSS in /proc/PID/status once
+the ring is full. This script measures exactly that, then explains it:
 
-    overhead = (RSS(300) - RSS(2)) - 298 x frame bytes
+1. plain run: `python -m daemon --config COPY --control-port P --http-port Q --bind 127.0.0.1`, alone, from a
+   temporary folder holding a copy of the config (so `captures/` and `logs/` land there); only the ports and
+   the address change, on the command line. /health is read every 2 s (the page reads it every 10 s) until
+   `ring.fill` equals `ring.capacity`; after SETTLE_S, VmRSS is read once a second for `--samples` seconds
+   and the median is THE figure (the target: at most 120 MiB on x86-64). /proc/PID/smaps then says which
+   libraries, heaps, thread arenas and stacks hold it.
+2. the same config with `ring.size: 2`: RSS(full ring) - RSS(2 frames) against the 298 frames' pixels is what
+   the ring costs beyond its pixels (target: under 10%).
+3. an instrumented run of the same command (`bench/memory.py --child`, started with `python -X importtime`):
+   VmRSS around every import (numpy, OpenCV and PyYAML first, then each module the daemon's own code
+   imports), at each stage (imports, App built, started, ring full), the array and byte buffers each
+   component holds, the threads, what stays unloaded with this config (requests, paho-mqtt, LiteRT,
+   scikit-learn...) and what each of those would add. Its figure is printed next to the plain one.
+4. `--variants`: plain runs with one thing changed (glibc's own mmap threshold instead of the daemon's fixed
+   one, MALLOC_ARENA_MAX=2, OPENBLAS_NUM_THREADS=1, OPENCV_FOR_THREADS_NUM=1, /health polled every 0.25 s),
+   each with its CPU share and its RSS after one background `stack 16`; and the previous benchmark's way
+   (two daemons side by side at 30 fps with ring.size 2 and 300), which is why it disagreed with a plain run.
 
-is what the ring costs beyond its pixels (metadata objects, the timestamp
-array, allocator slack). Target: under 10% of the ring's bytes. RSS(2) is the
-interpreter's baseline with everything else the daemon loads (numpy, OpenCV,
-the threads and their buffers).
+Then the Pi table: on each Pi, the ring's budget is `ring.max_ram_fraction` of what is available when the
+ring is planned, which is after the daemon has loaded (its RSS at that point is measured in step 3).
 
-Then the Pi memory table: how many 256x192 frames fit in the ring on each
-Pi, with `ring.max_ram_fraction` 0.25 of the memory available, computed with
-the daemon's own `plan_capacity`, and what the daemon would use in total
-(measured baseline + ring + the measured overhead per frame).
+    .venv/bin/python bench/memory.py [--config config.yaml] [--samples 10] [--variants] [--cached-bytecode]
+                                     [--markdown] [--write README.md]
 
-    .venv/bin/python bench/memory.py [--framerate 30] [--samples 5]
+`--cached-bytecode` runs every daemon with a bytecode cache in a temporary folder (warmed by one short run),
+as a normal install has; without it they run as this shell would (with PYTHONDONTWRITEBYTECODE set, every
+start compiles the daemon's modules). `--write README.md` replaces the text between the memory-bench markers.
 """
-
 from __future__ import annotations
 
-import argparse
+import os
 import sys
-import time
+from typing import Any
 
-import benchlib as bl
-
-from daemon.capture.ring import plan_capacity  # noqa: E402
-
-TARGET = 0.10
-SMALL, LARGE = 2, 300
 MiB = 2**20
-
+TARGET_RSS = 120 * MiB
+TARGET_OVERHEAD = 0.10
+SETTLE_S = 3.0
 #: Memory available to programs after the OS has booted (headless Raspberry Pi OS Lite), roughly.
 PIS = [
     ("Pi 1B+ (512 MB)", 136 * MiB),
     ("Pi Zero / Zero 2 W (512 MB)", 400 * MiB),
     ("Pi 3 (1 GB)", 800 * MiB),
-    ("Pi 4/5 (2 GB)", 1800 * MiB),
-    ("Pi 4/5 (4 GB)", 3700 * MiB),
+    ("Pi 4 / 5 (2 GB)", 1800 * MiB),
+    ("Pi 4 / 5 (4 GB)", 3700 * MiB),
 ]
-FRACTION = 0.25
+#: Modules a daemon with the shipped config must not load: each belongs to a feature that is off.
+UNUSED = {
+    "requests": "notify.webhook.url, notify.alerts.url, ptz.snapshot_url or a PTZ report URL",
+    "urllib3": "the same, through requests",
+    "paho": "mqtt.host",
+    "ai_edge_litert": "detect.enabled",
+    "tflite_runtime": "detect.enabled",
+    "sklearn": "detect.groups, once two people are seen",
+    "skimage": "nothing in the daemon",
+    "scipy": "scikit-learn",
+    "prometheus_client": "nothing (daemon/net/metrics.py writes /metrics)",
+}
+#: What each would add to a running daemon, imported last in the instrumented run: (module, feature).
+OPTIONAL = [
+    ("requests", "webhooks, alerts, PTZ snapshots and reports"),
+    ("paho.mqtt.client", "MQTT (mqtt.host)"),
+    ("ai_edge_litert.interpreter", "detection's runtime (detect.enabled)"),
+    ("sklearn.cluster", "detection's groups (DBSCAN)"),
+]
+BENCH_START = "<!-- memory-bench:start (generated by `bench/memory.py --write README.md`) -->"
+BENCH_END = "<!-- memory-bench:end -->"
 
 
-def measure(framerate: float, samples: int) -> dict[int, dict]:
-    daemons = {
-        size: bl.DaemonProcess({"ring.size": size, "camera.framerate": framerate}, name=f"ring.size {size}") for size in (SMALL, LARGE)
-    }
+def _status(pid: int | str = "self") -> dict[str, int]:
+    """The kB figures of /proc/PID/status (VmRSS, VmHWM, RssAnon, RssFile, Threads...)."""
+    out: dict[str, int] = {}
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            key, _, value = line.partition(":")
+            parts = value.split()
+            if parts and parts[0].isdigit():
+                out[key] = int(parts[0])
+    return out
+
+
+def _rss(pid: int | str = "self") -> int:
+    return _status(pid)["VmRSS"] * 1024
+
+
+# --- the instrumented run (a child process: as few imports as possible before the first reading) --------------
+
+
+def child_main(argv: list[str]) -> int:
+    """`--child REPORT DAEMON-ARGS...`: run the daemon as `python -m daemon` does, with VmRSS read around every import."""
+    import builtins
+    import json
+    import signal
+    import threading
+    import time
+
+    report_path, daemon_args = argv[0], argv[1:]
+    stages: list[tuple[str, int]] = [("interpreter", _rss())]
+    imports: list[dict] = []  # each import made by the daemon's own code (or the pre-imports) of a module not yet loaded
+    in_progress: list[str] = []
+    phase = ["import"]
+    real_import = builtins.__import__
+
+    def hooked(name, globals=None, locals=None, fromlist=(), level=0):
+        if level or name in sys.modules:
+            return real_import(name, globals, locals, fromlist, level)
+        by_daemon = all(m == "daemon" or m.startswith("daemon.") for m in in_progress)
+        before, started = _rss(), time.perf_counter()
+        in_progress.append(name)
+        try:
+            return real_import(name, globals, locals, fromlist, level)
+        finally:
+            in_progress.pop()
+            if by_daemon and not (name == "daemon" or name.startswith("daemon.")):
+                imports.append({"module": name, "bytes": _rss() - before, "s": time.perf_counter() - started, "phase": phase[0]})
+
+    builtins.__import__ = hooked
+    for name in ("numpy", "cv2", "yaml"):  # the three dependencies first, each measured alone
+        __import__(name)
+        stages.append((f"import {name}", _rss()))
+    import daemon.__main__ as cli
+    import daemon.app
+
+    stages.append(("import daemon (picamd run's imports)", _rss()))
+    phase[0] = "first use"
+    apps: list = []
+    App = daemon.app.App
+    real_init, real_start = App.__init__, App.start
+
+    def init(self, *args, **kwargs):
+        stages.append(("App() begins: config loaded, logging set", _rss()))
+        real_init(self, *args, **kwargs)
+        stages.append(("App() built: source open, first frame, ring planned", _rss()))
+        apps.append(self)
+
+    def start(self):
+        real_start(self)
+        stages.append(("started: every thread running", _rss()))
+
+    App.__init__, App.start = init, start  # type: ignore[method-assign]
+
+    def watch() -> None:
+        while not apps or apps[0].ring.fill < apps[0].ring.capacity:
+            time.sleep(0.5)
+        app = apps[0]
+        stages.append(("ring full", _rss()))
+        time.sleep(SETTLE_S)
+        samples = []
+        for _ in range(5):
+            samples.append(_rss())
+            time.sleep(1.0)
+        samples.sort()
+        stages.append(("ring full, settled (median of 5)", samples[2]))
+        phase[0] = "optional"
+        data = {
+            "stages": stages,
+            "imports": imports,
+            "components": _component_buffers(app),
+            "ring": {"capacity": app.ring.capacity, "bytes": app.ring.nbytes, "shape": list(app.ring.shape)},
+            "threads": sorted(t.name for t in threading.enumerate() if t is not threading.current_thread()),
+            "tasks": len(os.listdir("/proc/self/task")) - 1,  # without this watcher
+            "unused": sorted(m for m in UNUSED if m not in sys.modules),
+            "loaded": sorted(m for m in UNUSED if m in sys.modules),
+            "synthetic": bool(getattr(app, "synthetic", False)),
+            "dont_write_bytecode": sys.dont_write_bytecode,
+        }
+        optional: list[dict[str, Any]] = []
+        for module, feature in OPTIONAL:
+            before = _rss()
+            try:
+                __import__(module)
+            except Exception as exc:  # not installed here: say so instead of a figure
+                optional.append({"module": module, "feature": feature, "error": f"{type(exc).__name__}: {exc}"[:120]})
+                continue
+            optional.append({"module": module, "feature": feature, "bytes": _rss() - before})
+        data["optional"] = optional
+        with open(report_path, "w") as fh:
+            json.dump(data, fh)
+        os.kill(os.getpid(), signal.SIGTERM)  # picamd's own handler stops the daemon
+
+    threading.Thread(target=watch, name="bench-watch", daemon=True).start()
+    return cli.main(daemon_args)
+
+
+def _component_buffers(app: Any) -> list[tuple[str, int]]:
+    """The bytes of numpy arrays and byte strings (64 KiB or more) each component holds, each buffer counted once."""
+    import collections
+
+    import numpy as np
+
+    seen: set[int] = set()
+
+    def held(root: object) -> int:
+        total = 0
+        todo: list[tuple[object, int]] = [(root, 0)]
+        while todo:
+            obj, depth = todo.pop()
+            if id(obj) in seen:
+                continue
+            seen.add(id(obj))
+            if isinstance(obj, np.ndarray):
+                base = obj
+                while isinstance(base.base, np.ndarray):
+                    base = base.base
+                if id(base) != id(obj):
+                    if id(base) in seen:
+                        continue
+                    seen.add(id(base))
+                total += base.nbytes
+                continue
+            if isinstance(obj, (bytes, bytearray)):
+                total += len(obj) if len(obj) >= 65536 else 0
+                continue
+            if depth >= 6:
+                continue
+            children: list[object] = []
+            if isinstance(obj, dict):
+                children = list(obj.values())
+            elif isinstance(obj, (list, tuple, set, frozenset, collections.deque)):
+                children = list(obj)
+            elif type(obj).__module__.startswith("daemon"):
+                children = list(getattr(obj, "__dict__", {}).values())
+                children += [getattr(obj, s) for s in getattr(type(obj), "__slots__", ()) if hasattr(obj, s)]
+            todo.extend((c, depth + 1) for c in children)
+        return total
+
+    parts = [("ring", app.ring), ("newest full frame", app.latest), ("camera source", app.capture), ("motion", app.motion),
+             ("night", app.night), ("JPEG feed", app.feed), ("export", app.exporter), ("detection", app.detection),
+             ("clips", app.clips), ("notify", app.notifier), ("HTTP server", app.mjpeg), ("command port", app.control),
+             ("PTZ", app.ptz), ("the rest of the app", app)]
+    return [(name, held(obj)) for name, obj in parts]
+
+
+# --- the parent: daemons as subprocesses ------------------------------------------------------------------------
+
+if __name__ == "__main__" and sys.argv[1:2] == ["--child"]:
+    sys.exit(child_main(sys.argv[2:]))
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import re  # noqa: E402
+import shutil  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+import urllib.request  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import benchlib as bl  # noqa: E402
+import yaml  # noqa: E402
+
+from daemon.capture.ring import plan_capacity  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Run:
+    """One daemon from a temporary folder holding a copy of the config, as a user starts it (or instrumented)."""
+
+    def __init__(self, config: Path, *, env: dict[str, str] | None = None, ring_size: int | None = None,
+                 child: bool = False, patch_allocator: bool = False, pycache: Path | None = None) -> None:
+        self.tmp = Path(tempfile.mkdtemp(prefix="picamd-memory-"))
+        self.config = self.tmp / "config.yaml"
+        if ring_size is None:
+            shutil.copyfile(config, self.config)  # the shipped file itself, comments and all
+        else:
+            values = yaml.safe_load(config.read_text()) or {}
+            values.setdefault("ring", {})["size"] = ring_size
+            self.config.write_text(yaml.safe_dump(values))
+        self.control_port, self.http_port = bl.free_port(), bl.free_port()
+        args = ["--config", str(self.config), "--control-port", str(self.control_port), "--http-port", str(self.http_port),
+                "--bind", "127.0.0.1"]
+        self.report = self.tmp / "report.json"
+        if child:
+            cmd = [sys.executable, "-X", "importtime", str(Path(__file__).resolve()), "--child", str(self.report), *args]
+        elif patch_allocator:  # the daemon exactly as shipped but for its allocator policy: glibc's dynamic threshold
+            code = ("import sys, daemon.system.allocator as a, daemon.__main__ as m\n"
+                    "a.fix_mmap_threshold = lambda *_: 'allocator: left to glibc (bench/memory.py --variants)'\n"
+                    f"sys.exit(m.main({args!r}))\n")
+            cmd = [sys.executable, "-c", code]
+        else:
+            cmd = [sys.executable, "-m", "daemon", *args]
+        full_env = {**os.environ, **(env or {})}
+        if pycache is not None:
+            full_env.pop("PYTHONDONTWRITEBYTECODE", None)
+            full_env["PYTHONPYCACHEPREFIX"] = str(pycache)
+        self.log = self.tmp / "daemon.log"
+        self._log = open(self.log, "wb")
+        pythonpath = os.pathsep.join(p for p in (str(ROOT), full_env.get("PYTHONPATH", "")) if p)
+        self.proc = subprocess.Popen(cmd, cwd=self.tmp, env={**full_env, "PYTHONPATH": pythonpath}, stdout=self._log,
+                                     stderr=subprocess.STDOUT)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def _alive(self) -> None:
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"the daemon exited ({self.proc.returncode}):\n{self.log.read_text(errors='replace')[-3000:]}")
+
+    def health(self) -> dict[str, Any]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/health", timeout=10) as resp:
+            return json.loads(resp.read())
+
+    def wait_full(self, poll_s: float = 2.0, timeout_s: float = 300.0) -> dict[str, Any]:
+        """Read /health every `poll_s` until the ring is full; the last answer."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            time.sleep(poll_s)
+            self._alive()
+            try:
+                h = self.health()
+            except OSError:
+                continue
+            if h["ring"]["fill"] >= h["ring"]["capacity"]:
+                return h
+        raise TimeoutError(f"ring not full within {timeout_s:.0f} s")
+
+    def sample(self, seconds: int) -> dict[str, Any]:
+        """VmRSS once a second for `seconds` s; the median, the spread, the CPU share over the window, /proc figures."""
+        cpu0, t0 = bl.cpu_seconds(self.pid), time.monotonic()
+        values = []
+        for _ in range(seconds):
+            time.sleep(1.0)
+            values.append(_rss(self.pid))
+        cpu = (bl.cpu_seconds(self.pid) - cpu0) / (time.monotonic() - t0)
+        st = _status(self.pid)
+        return {"rss": bl.median(values), "min": min(values), "max": max(values), "cpu": cpu, "hwm": st["VmHWM"] * 1024,
+                "anon": st["RssAnon"] * 1024, "file": st["RssFile"] * 1024, "threads": st["Threads"]}
+
+    def command(self, line: str, timeout: float = 120.0) -> str:
+        return bl.nc(self.control_port, line, timeout=timeout)
+
+    def wait_report(self, timeout_s: float = 300.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.report.exists() and self.proc.poll() is not None:
+                return json.loads(self.report.read_text())
+            if self.proc.poll() is not None and not self.report.exists():
+                self._alive()
+            time.sleep(0.5)
+        raise TimeoutError("the instrumented run wrote no report")
+
+    def importtime(self) -> dict[str, float]:
+        """Cumulative seconds per module from `python -X importtime` (its first import)."""
+        out: dict[str, float] = {}
+        for line in self.log.read_text(errors="replace").splitlines():
+            m = re.match(r"import time:\s+\d+ \|\s+(\d+) \| (.*)$", line)
+            if m:
+                out.setdefault(m.group(2).strip(), int(m.group(1)) / 1e6)
+        return out
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def smaps(pid: int) -> dict[str, int]:
+    """Where the plain run's RSS lives, from /proc/PID/smaps: libraries by family, the heaps, thread arenas and stacks."""
+    maps: list[dict[str, Any]] = []
+    with open(f"/proc/{pid}/smaps") as fh:
+        for line in fh:
+            m = re.match(r"^([0-9a-f]+)-([0-9a-f]+) (\S+) \S+ \S+ \S+\s*(.*)$", line)
+            if m:
+                maps.append({"start": int(m.group(1), 16), "end": int(m.group(2), 16), "perms": m.group(3),
+                             "path": m.group(4).strip(), "rss": 0})
+            elif line.startswith("Rss:") and maps:
+                maps[-1]["rss"] = int(line.split()[1]) * 1024
+    out: dict[str, int] = {}
+
+    def add(key: str, value: int) -> None:
+        out[key] = out.get(key, 0) + value
+
+    for i, mp in enumerate(maps):
+        path, size = mp["path"], mp["end"] - mp["start"]
+        prev = maps[i - 1] if i else None
+        nxt = maps[i + 1] if i + 1 < len(maps) else None
+        if path.startswith("/"):
+            if re.search(r"/(numpy|numpy\.libs)/", path):
+                add("file: numpy and its OpenBLAS", mp["rss"])
+            elif re.search(r"/(cv2|opencv[^/]*\.libs)/", path):
+                add("file: OpenCV and the libraries it bundles", mp["rss"])
+            elif re.search(r"libpython|/bin/python|lib-dynload|/python3\.\d+/", path):
+                add("file: the Python interpreter and its C modules", mp["rss"])
+            elif re.search(r"libcrypto|libssl", path):
+                add("file: OpenSSL (ssl, hashlib)", mp["rss"])
+            else:
+                add("file: other libraries (libc, libstdc++, yaml...)", mp["rss"])
+        elif path == "[heap]":
+            add("anon: malloc's main heap", mp["rss"])
+        elif path == "[stack]":
+            add("anon: main thread's stack", mp["rss"])
+        elif path == "" and mp["perms"].startswith("rw"):
+            reserved_after = nxt is not None and nxt["perms"] == "---p" and nxt["path"] == "" and nxt["start"] == mp["end"]
+            span = size + (nxt["end"] - nxt["start"] if nxt is not None and reserved_after else 0)
+            guard_below = prev is not None and prev["perms"] == "---p" and prev["path"] == "" and prev["end"] == mp["start"]
+            if guard_below and prev is not None and prev["end"] - prev["start"] <= 65536:
+                add("anon: thread stacks", mp["rss"])  # a guard page below: a thread's stack
+            elif span != size and span & (span - 1) == 0 and mp["start"] % span == 0:
+                add("anon: malloc arenas of threads", mp["rss"])  # heap_info: aligned, reserved to a power of two
+                add("count: malloc arenas of threads", 1)
+            else:
+                add("anon: Python objects and array buffers", mp["rss"])
+        elif mp["rss"]:
+            add("other", mp["rss"])
+    return out
+
+
+def plain(config: Path, samples: int, *, env: dict[str, str] | None = None, ring_size: int | None = None,
+          patch_allocator: bool = False, poll_s: float = 2.0, stack: bool = False, pycache: Path | None = None) -> dict[str, Any]:
+    run = Run(config, env=env, ring_size=ring_size, patch_allocator=patch_allocator, pycache=pycache)
+    try:
+        health = run.wait_full(poll_s=poll_s)
+        time.sleep(SETTLE_S)
+        if poll_s < 1.0:  # polling goes on while sampling, as it would
+            stop_polling = False
+
+            def poll() -> None:
+                while not stop_polling:
+                    try:
+                        run.health()
+                    except OSError:
+                        pass
+                    time.sleep(poll_s)
+
+            import threading
+
+            poller = threading.Thread(target=poll, daemon=True)
+            poller.start()
+            result = run.sample(samples)
+            stop_polling = True
+            poller.join()
+        else:
+            result = run.sample(samples)
+        result["smaps"] = smaps(run.pid)
+        health = run.health()
+        result.update(capacity=health["ring"]["capacity"], ring_bytes=health["ring"]["bytes"], fill=health["ring"]["fill"],
+                      frame_bytes=health["ring"]["bytes"] // health["ring"]["capacity"], synthetic=health["camera"].get("synthetic"))
+        if stack:
+            reply = run.command("stack 16 bg").splitlines()[0]
+            if not reply.startswith("OK"):
+                raise RuntimeError(f"stack 16 bg: {reply}")
+            def stack_done() -> bool:
+                stacks = run.health()["export"].get("stacks") or {}
+                return not stacks.get("background") and not stacks.get("running")
+
+            if not bl.wait_for(stack_done, 120, poll=1.0):
+                raise TimeoutError("the background stack did not finish within 120 s")
+            time.sleep(3.0)
+            result["after_stack"] = _rss(run.pid)
+        return result
+    finally:
+        run.stop()
+
+
+def instrumented(config: Path, pycache: Path | None = None) -> dict[str, Any]:
+    run = Run(config, child=True, pycache=pycache)
+    try:
+        report = run.wait_report()
+        report["importtime"] = run.importtime()
+        return report
+    finally:
+        run.stop()
+
+
+def side_by_side_as_before() -> dict[int, int]:
+    """The previous benchmark's method: two daemons at once (ring.size 2 and 300, 30 fps, its own config), /health every 0.25 s."""
+    daemons = {size: bl.DaemonProcess({"ring.size": size, "camera.framerate": 30.0}, name=f"ring.size {size}") for size in (2, 300)}
     try:
         for d in daemons.values():
             d.start()
         for d in daemons.values():
             d.wait_ready()
+        for d in daemons.values():
+            def full(d: bl.DaemonProcess = d) -> bool:
+                ring = d.health()["ring"]
+                return bool(ring["fill"] >= ring["capacity"])
+
+            if not bl.wait_for(full, 60, poll=0.25):
+                raise TimeoutError(f"{d.name}: ring not full")
+        time.sleep(1.0)
         out = {}
         for size, d in daemons.items():
-            health = d.health()
-            capacity = health["ring"]["capacity"]
-            if capacity != size:
-                raise RuntimeError(f"ring.size {size} was clamped to {capacity} by the RAM budget; this machine has too little memory free")
-            deadline_s = 30 + 2 * size / framerate
-            if not bl.wait_for(lambda: d.health()["ring"]["fill"] >= capacity, deadline_s, poll=0.25):
-                raise TimeoutError(f"{d.name}: ring not full within {deadline_s:.0f} s")
-        time.sleep(1.0)  # a second more of frames: every thread has run its steady-state path
-        rss: dict[int, list[int]] = {size: [] for size in daemons}
-        for _ in range(samples):
-            for size, d in daemons.items():
-                rss[size].append(bl.rss_bytes(d.pid))
-            time.sleep(0.3)
-        for size, d in daemons.items():
-            health = d.health()
-            out[size] = {
-                "rss": bl.median(rss[size]),
-                "rss_min": min(rss[size]),
-                "rss_max": max(rss[size]),
-                "ring_bytes": health["ring"]["bytes"],
-                "fill": health["ring"]["fill"],
-                "frame_bytes": health["ring"]["bytes"] // health["ring"]["capacity"],
-            }
+            out[size] = int(bl.median(_rss(d.pid) for _ in range(5)))
         return out
     finally:
         for d in daemons.values():
             d.stop()
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description="RSS with a full ring against the ring's own bytes; Pi memory table")
-    parser.add_argument("--framerate", type=float, default=30.0, help="camera frame rate (higher fills the ring sooner)")
-    parser.add_argument("--samples", type=int, default=5)
-    args = parser.parse_args()
+def warm_bytecode(config: Path, pycache: Path) -> None:
+    """One short run that writes the bytecode of everything a run imports into `pycache`."""
+    run = Run(config, pycache=pycache)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            run._alive()
+            try:
+                if run.health()["ring"]["fill"] > 0:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.5)
+    finally:
+        run.stop()
 
-    m = measure(args.framerate, args.samples)
-    frame_bytes = m[LARGE]["frame_bytes"]
-    extra_frames = LARGE - SMALL
-    ring_extra = extra_frames * frame_bytes
-    growth = m[LARGE]["rss"] - m[SMALL]["rss"]
-    overhead = growth - ring_extra
-    share = overhead / ring_extra
-    baseline = m[SMALL]["rss"]
-    rows = [
-        [
-            f"ring.size {size}",
-            m[size]["fill"],
-            m[size]["ring_bytes"] / MiB,
-            m[size]["rss"] / MiB,
-            m[size]["rss_min"] / MiB,
-            m[size]["rss_max"] / MiB,
-        ]
-        for size in (SMALL, LARGE)
-    ]
-    print(
-        bl.table(
-            f"Daemon RSS with a full ring ({bl.RING_W}x{bl.RING_H} frames of {frame_bytes / 1024:.0f} KiB, "
-            f"synthetic {bl.FRAME_W}x{bl.FRAME_H}, {args.samples} samples)",
-            ["daemon", "frames held", "ring MiB", "RSS MiB (median)", "min", "max"],
-            rows,
-        )
-    )
-    print(
-        bl.table(
-            "Ring cost",
-            ["figure", "MiB"],
-            [
-                ["interpreter + daemon baseline (RSS with ring.size 2)", baseline / MiB],
-                [f"RSS growth from {SMALL} to {LARGE} frames", growth / MiB],
-                [f"pixels of {extra_frames} frames", ring_extra / MiB],
-                [f"overhead beyond the pixels ({share:+.1%} of them)", overhead / MiB],
-            ],
-        )
-    )
 
-    per_frame_cost = frame_bytes + max(0.0, overhead / extra_frames)
-    pi_rows = []
+# --- the report ---------------------------------------------------------------------------------------------------
+
+
+def mib(value: float) -> float:
+    return value / MiB
+
+
+def breakdown(p: dict[str, Any], child: dict[str, Any]) -> list[tuple[str, float, str]]:
+    """Rows (what, bytes, note) that add up to the plain run's RSS."""
+    stages = dict(child["stages"])
+    times = child["importtime"]
+    rows: list[tuple[str, float, str]] = []
+    import cv2
+    import numpy
+
+    rows.append(("Python 3.11 interpreter", stages["interpreter"], "with json, signal, threading and time"))
+    names = {"numpy": f"numpy {numpy.__version__}", "cv2": f"OpenCV {cv2.__version__} (cv2)", "yaml": "PyYAML"}
+    last = stages["interpreter"]
+    for key in ("numpy", "cv2", "yaml"):
+        value = stages[f"import {key}"]
+        rows.append((names[key], value - last, f"import {times.get(key, float('nan')) * 1000:.0f} ms"))
+        last = value
+    after_imports = stages["import daemon (picamd run's imports)"]
+    by_module: dict[str, float] = {}
+    first_use: dict[str, float] = {}
+    for ev in child["imports"]:
+        if ev["phase"] == "import" and ev["module"] not in ("numpy", "cv2", "yaml"):
+            by_module[ev["module"]] = by_module.get(ev["module"], 0) + ev["bytes"]
+        elif ev["phase"] == "first use":
+            first_use[ev["module"]] = first_use.get(ev["module"], 0) + ev["bytes"]
+    stdlib = sum(by_module.values())
+    big = sorted(by_module.items(), key=lambda kv: -kv[1])[:3]
+    rows.append(("standard library the daemon imports", stdlib,
+                 ", ".join(f"{m} {mib(b):.1f}" for m, b in big) + " MiB (http.server brings ssl through http.client)"))
+    own = after_imports - last - stdlib
+    rows.append(("picamd's own modules", own, f"{len([1 for m in times if m.startswith('daemon')])} modules"))
+    comps = dict(child["components"])
+    built = stages["App() built: source open, first frame, ring planned"] - after_imports
+    source_bytes = comps.get("camera source", 0)
+    frame_bytes = comps.get("newest full frame", 0)
+    lazy = ", ".join(sorted(first_use)) or "nothing"
+    rows.append(("first use: config loaded, App built (modules imported then, code touched)", built - source_bytes,
+                 f"imported then: {lazy}"))
+    rows.append(("the ring, full", p["ring_bytes"], f"{p['capacity']} frames of {p['frame_bytes'] / 1024:.0f} KiB"))
+    rows.append(("the newest full-resolution frame", frame_bytes, "kept for save and the stream"))
+    if source_bytes:
+        rows.append(("the camera source's buffers", source_bytes,
+                     "the synthetic scene: background and noise field (none with a real camera)" if child.get("synthetic") else ""))
+    others = [(n, b) for n, b in child["components"] if n not in ("ring", "newest full frame", "camera source") and b]
+    if others:
+        rows.append(("other components' arrays", sum(b for _, b in others), ", ".join(f"{n} {b / 1024:.0f} KiB" for n, b in others)))
+    sm = p["smaps"]
+    threads = sm.get("anon: thread stacks", 0) + sm.get("anon: malloc arenas of threads", 0)
+    n_threads = len(child["threads"])
+    rows.append((f"threads: {n_threads} of the daemon's + {child['tasks'] - n_threads} native, their stacks and "
+                 f"{sm.get('count: malloc arenas of threads', 0)} malloc arenas", threads,
+                 "native: OpenBLAS (numpy's and OpenCV's), OpenCV's pool"))
+    accounted = sum(r[1] for r in rows)
+    rows.append(("the rest: objects made while running, code touched, allocator slack", p["rss"] - accounted, ""))
+    return rows
+
+
+def pi_rows(baseline_no_ring: float, at_plan: float, frame_bytes: int, per_frame: float) -> list[list[Any]]:
+    rows = []
     for name, available in PIS:
-        fits, _why = plan_capacity(10**9, frame_bytes, available, FRACTION)
-        default, _ = plan_capacity(300, frame_bytes, available, FRACTION)
-        total = baseline + default * per_frame_cost
-        pi_rows.append(
-            [name, available / MiB, available * FRACTION / MiB, fits, fits / 10 / 60, default, total / MiB, (available - total) / MiB]
-        )
-    print(
-        bl.table(
-            f"Pi memory table: {bl.RING_W}x{bl.RING_H} ring frames ({frame_bytes / 1024:.0f} KiB each), ring.max_ram_fraction {FRACTION}, "
-            f"daemon baseline {baseline / MiB:.0f} MiB as measured on this machine",
-            [
-                "Pi",
-                "available MiB",
-                "ring budget MiB",
-                "max frames",
-                "minutes at 10 fps",
-                "ring.size 300 gives",
-                "daemon total MiB",
-                "left MiB",
-            ],
-            pi_rows,
-        )
-    )
-    print(
-        bl.verdict(
-            "memory",
-            share < TARGET,
-            f"ring overhead {overhead / MiB:.2f} MiB = {share:.1%} of the ring's {ring_extra / MiB:.1f} MiB (target < {TARGET:.0%}); "
-            f"baseline RSS {baseline / MiB:.0f} MiB",
-        )
-    )
+        free_at_plan = max(0, int(available - at_plan))
+        fits, _ = plan_capacity(10**9, frame_bytes, free_at_plan, 0.25)
+        got, _ = plan_capacity(300, frame_bytes, free_at_plan, 0.25)
+        total = baseline_no_ring + got * per_frame
+        rows.append([name, available / MiB, free_at_plan * 0.25 / MiB, fits, fits / 10 / 60, f"{got}{' (clamped)' if got < 300 else ''}",
+                     total / MiB, (available - total) / MiB])
+    return rows
+
+
+def markdown(p: dict[str, Any], rows: list[tuple[str, float, str]], child: dict[str, Any], pis: list[list[Any]],
+             overhead: float, ring_growth: float, pixels: float, at_plan: float, variants: list[list[Any]] | None,
+             cached: bool) -> str:
+    import cv2
+    import numpy
+
+    lines = [
+        f"`python -m daemon --config config.yaml` as shipped (synthetic scene at 1024x768, 10 fps, ring 300 x 256x192, "
+        f"detection and MQTT off), one daemon, the ring full: **{mib(p['rss']):.1f} MiB RSS** on a 64-bit PC "
+        f"(median of {p['samples']} readings of VmRSS, {mib(p['min']):.1f}-{mib(p['max']):.1f}; peak VmHWM {mib(p['hwm']):.1f} MiB; "
+        f"Python 3.11, numpy {numpy.__version__}, OpenCV {cv2.__version__}; "
+        + ("bytecode from the cache a normal run writes" if cached else "no bytecode cache: every module compiled at start") + "). "
+        f"`bench/memory.py` measures exactly that run and then where it goes (an instrumented run of the same command, "
+        f"{mib(dict(child['stages'])['ring full, settled (median of 5)']):.1f} MiB, reads VmRSS around each import and stage; "
+        "/proc/PID/smaps says which threads' arenas and stacks hold what):",
+        "",
+        "| part | RSS MiB | notes |",
+        "| --- | ---: | --- |",
+    ]
+    for what, value, note in rows:
+        lines.append(f"| {what} | {mib(value):.1f} | {note} |")
+    lines.append(f"| **total** | **{mib(p['rss']):.1f}** | target: at most 120 |")
+    lines.append("")
+    lines.append(f"Beyond its pixels the ring costs {overhead:.1%} (RSS grows {mib(ring_growth):.1f} MiB from 2 to 300 frames for "
+                 f"{mib(pixels):.1f} MiB of pixels). Loaded only when their feature is on, so not in the figure above:")
+    lines.append("")
+    lines.append("| not loaded with the shipped config | RSS it adds to the running daemon | loaded by |")
+    lines.append("| --- | ---: | --- |")
+    for opt in child["optional"]:
+        figure = f"+{mib(opt['bytes']):.1f} MiB" if "bytes" in opt else f"not installed here ({opt['error']})"
+        lines.append(f"| `{opt['module']}` | {figure} | {opt['feature']} |")
+    if variants:
+        lines.append("")
+        lines.append("| the same run with | RSS MiB | after one `stack 16 bg` | daemon CPU |")
+        lines.append("| --- | ---: | ---: | ---: |")
+        for row in variants:
+            lines.append("| " + " | ".join(str(c) for c in row) + " |")
+    lines.append("")
+    lines.append("The ring's budget is `ring.max_ram_fraction` (25%) of the memory available when the ring is planned, after "
+                 f"the daemon has loaded ({mib(at_plan):.0f} MiB here): on a Pi that is what the OS leaves minus the daemon, "
+                 "so a Pi 1B+ gets a smaller ring than its boot-time figure suggests. With this machine's figures:")
+    lines.append("")
+    lines.append("| Pi | available | ring budget (25% of what is left) | most 256x192 frames | minutes at 10 fps | "
+                 "`ring.size: 300` gives | daemon total | left |")
+    lines.append("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for r in pis:
+        lines.append(f"| {r[0]} | ~{r[1]:.0f} MB | {r[2]:.0f} MiB | {r[3]} | {r[4]:.1f} | {r[5]} | ~{r[6]:.0f} MiB | {r[7]:.0f} MiB |")
+    return "\n".join(lines)
+
+
+def write_readme(path: Path, block: str) -> None:
+    from daemon.storage.atomicfile import write_atomic
+
+    text = path.read_text()
+    head, start, rest = text.partition(BENCH_START)
+    _old, end, tail = rest.partition(BENCH_END)
+    if not start or not end:
+        raise SystemExit(f"{path} has no memory-bench markers")
+    write_atomic(str(path), f"{head}{BENCH_START}\n{block}\n{BENCH_END}{tail}".encode())
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="The daemon's RSS as a plain run measures it, where it goes, and the Pi table")
+    parser.add_argument("--config", type=Path, default=ROOT / "config.yaml")
+    parser.add_argument("--samples", type=int, default=10, help="seconds of VmRSS readings (one a second) once the ring is full")
+    parser.add_argument("--variants", action="store_true", help="also the runs with one thing changed (several minutes)")
+    parser.add_argument("--cached-bytecode", action="store_true", help="run the daemons with a warmed bytecode cache")
+    parser.add_argument("--markdown", action="store_true", help="print the README block")
+    parser.add_argument("--write", type=Path, metavar="README", help="replace the README block between the memory-bench markers")
+    args = parser.parse_args()
+    config = args.config.resolve()
+
+    pycache_dir = Path(tempfile.mkdtemp(prefix="picamd-pycache-")) if args.cached_bytecode else None
+    try:
+        if pycache_dir is not None:
+            warm_bytecode(config, pycache_dir)
+        p = plain(config, args.samples, pycache=pycache_dir)
+        p["samples"] = args.samples
+        small = plain(config, args.samples, ring_size=2, pycache=pycache_dir)
+        child = instrumented(config, pycache=pycache_dir)
+        variants = None
+        if args.variants:
+            variants = variant_rows(config, args.samples, p, pycache_dir)
+    finally:
+        if pycache_dir is not None:
+            shutil.rmtree(pycache_dir, ignore_errors=True)
+
+    frame_bytes = p["frame_bytes"]
+    extra = p["capacity"] - small["capacity"]
+    pixels = extra * frame_bytes
+    growth = p["rss"] - small["rss"]
+    overhead = (growth - pixels) / pixels
+    per_frame = frame_bytes * (1 + max(0.0, overhead))
+    baseline_no_ring = p["rss"] - p["capacity"] * per_frame
+    at_plan = dict(child["stages"])["App() built: source open, first frame, ring planned"]
+    rows = breakdown(p, child)
+
+    print(bl.table(f"Plain run: python -m daemon --config {args.config} (one daemon, ring full, {args.samples} readings)",
+                   ["figure", "value"], [
+                       ["VmRSS median MiB", mib(p["rss"])], ["VmRSS min / max MiB", f"{mib(p['min']):.1f} / {mib(p['max']):.1f}"],
+                       ["VmHWM (peak) MiB", mib(p["hwm"])], ["RssAnon / RssFile MiB", f"{mib(p['anon']):.1f} / {mib(p['file']):.1f}"],
+                       ["threads", p["threads"]], ["daemon CPU", f"{p['cpu']:.1%}"],
+                       ["ring", f"{p['fill']}/{p['capacity']} frames, {mib(p['ring_bytes']):.1f} MiB"],
+                       ["source", "synthetic scene" if p["synthetic"] else "camera"],
+                       ["bytecode", "cached" if args.cached_bytecode else
+                        ("compiled at every start (PYTHONDONTWRITEBYTECODE)" if os.environ.get("PYTHONDONTWRITEBYTECODE")
+                         else "cached by Python")],
+                   ]))
+    print(bl.table("Where it lives (/proc/PID/smaps of the plain run)", ["mapping", "MiB"],
+                   [[k, mib(v) if not k.startswith("count") else v] for k, v in sorted(p["smaps"].items())]))
+    print(bl.table("Where it goes (the instrumented run; rows add up to the plain run's figure)", ["part", "MiB", "notes"],
+                   [[w, mib(v), n] for w, v, n in rows]))
+    print(bl.table("Instrumented run: RSS by stage", ["stage", "MiB"], [[s, mib(v)] for s, v in child["stages"]]))
+    imports = sorted(((e["module"], e["bytes"], e["phase"]) for e in child["imports"]), key=lambda r: -r[1])
+    print(bl.table("Imports the daemon's own code makes (VmRSS delta, python -X importtime cumulative)", ["module", "MiB", "ms", "when"],
+                   [[m, mib(b), child["importtime"].get(m, float("nan")) * 1000, ph] for m, b, ph in imports if b >= 64 * 1024]))
+    print(bl.table("Components' arrays and buffers", ["component", "KiB"], [[n, b / 1024] for n, b in child["components"]]))
+    print("threads: " + ", ".join(child["threads"]) + f"; {child['tasks']} OS threads in all")
+    print("not loaded with this config: " + ", ".join(f"{m} ({UNUSED[m]})" for m in child["unused"]))
+    if child["loaded"]:
+        print("LOADED although their feature is off: " + ", ".join(child["loaded"]))
+    print(bl.table("Not loaded: what each would add to the running daemon", ["module", "MiB", "for"],
+                   [[o["module"], mib(o["bytes"]) if "bytes" in o else o["error"], o["feature"]] for o in child["optional"]]))
+    print(bl.table("Ring cost", ["figure", "MiB"], [
+        [f"RSS with ring.size {small['capacity']}", mib(small["rss"])],
+        [f"RSS growth from {small['capacity']} to {p['capacity']} frames", mib(growth)],
+        [f"pixels of {extra} frames", mib(pixels)],
+        [f"overhead beyond the pixels ({overhead:+.1%} of them)", mib(growth - pixels)],
+    ]))
+    pis = pi_rows(baseline_no_ring, at_plan, frame_bytes, per_frame)
+    print(bl.table(f"Pi memory table ({frame_bytes / 1024:.0f} KiB ring frames; the daemon is {mib(at_plan):.0f} MiB when the ring is "
+                   f"planned, {mib(baseline_no_ring):.0f} MiB without its ring once running, this machine's figures)",
+                   ["Pi", "available MiB", "ring budget MiB", "max frames", "minutes at 10 fps", "ring.size 300 gives", "daemon total MiB",
+                    "left MiB"], pis))
+    if variants:
+        print(bl.table("Variants", ["the same run with", "RSS MiB", "after one stack 16 bg", "daemon CPU"], variants))
+    block = markdown(p, rows, child, pis, overhead, growth, pixels, at_plan, variants, args.cached_bytecode)
+    if args.markdown:
+        print(block)
+    if args.write:
+        write_readme(args.write, block)
+        print(f"wrote the memory block into {args.write}")
+    met = p["rss"] <= TARGET_RSS and overhead < TARGET_OVERHEAD and not child["loaded"]
+    print(bl.verdict("memory", met, f"plain run {mib(p['rss']):.1f} MiB RSS with the ring full (target <= {mib(TARGET_RSS):.0f}); "
+                                     f"instrumented run {mib(dict(child['stages'])['ring full, settled (median of 5)']):.1f}; "
+                                     f"ring overhead {overhead:.1%} (target < {TARGET_OVERHEAD:.0%})"))
     return 0
+
+
+def variant_rows(config: Path, samples: int, p: dict[str, Any], pycache: Path | None) -> list[list[Any]]:
+    rows: list[list[Any]] = []
+    cases: list[tuple[str, dict[str, Any]]] = [
+        ("nothing changed (as shipped)", {}),
+        ("glibc's own (dynamic) mmap threshold", {"patch_allocator": True}),
+        ("MALLOC_ARENA_MAX=2", {"env": {"MALLOC_ARENA_MAX": "2"}}),
+        ("OPENBLAS_NUM_THREADS=1", {"env": {"OPENBLAS_NUM_THREADS": "1"}}),
+        ("OPENCV_FOR_THREADS_NUM=1 (cv2.setNumThreads(1))", {"env": {"OPENCV_FOR_THREADS_NUM": "1"}}),
+        ("/health read every 0.25 s", {"poll_s": 0.25}),
+    ]
+    for name, kwargs in cases:
+        r = plain(config, samples, stack=True, pycache=pycache, **kwargs)
+        rows.append([name, f"{mib(r['rss']):.1f}", f"{mib(r['after_stack']):.1f}", f"{r['cpu']:.1%}"])
+    old = side_by_side_as_before()
+    rows.append(["the previous benchmark's way: two daemons at once, 30 fps, its own config, /health every 0.25 s",
+                 f"{mib(old[300]):.1f} (ring.size 2: {mib(old[2]):.1f})", "-", "-"])
+    return rows
 
 
 if __name__ == "__main__":

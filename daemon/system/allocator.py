@@ -10,6 +10,7 @@ from the heap. The price is the page faults of each fresh full frame (about 1 ms
 
 `MALLOC_MMAP_THRESHOLD_` in the environment (glibc's own name for it) wins, so it can be compared.
 """
+
 from __future__ import annotations
 
 import ctypes
