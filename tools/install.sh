@@ -50,6 +50,9 @@ make_venv() {
   [ -x "$prefix/.venv/bin/python" ] || "$python" -m venv --system-site-packages "$prefix/.venv"
   constraints > "$prefix/constraints.txt"
   "$prefix/.venv/bin/python" -m pip install --quiet --constraint "$prefix/constraints.txt" -e "$prefix${extras:+[$extras]}"
+  # The service cannot write under /opt (ProtectSystem=strict): without this, every start compiles the daemon again
+  # (seconds on a Pi Zero, and about 1.3 MiB more RSS measured by bench/memory.py).
+  "$prefix/.venv/bin/python" -m compileall -q "$prefix/daemon" >/dev/null
   # pip must have left apt's numpy and OpenCV alone: the venv imports the very files the system Python does.
   if [ "$(numpy_cv2 "$prefix/.venv/bin/python")" != "$system" ]; then
     echo "the venv does not use the system's numpy and OpenCV: $(numpy_cv2 "$prefix/.venv/bin/python") (system: $system)" >&2

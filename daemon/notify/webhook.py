@@ -143,7 +143,7 @@ class WebhookChannel(Channel):
         if not _valid_url(url):
             raise SendError("not an http:// or https:// URL", retryable=False)
         payload = json.dumps(self.body(event), default=str).encode()
-        import requests  # here, not at the top: requests and urllib3 cost about 4 MiB, and only a set URL needs them
+        import requests  # here, not at the top: requests and urllib3 cost about 5 MiB, and only a set URL needs them
 
         try:
             # stream=True: the answer's body is never read, so a huge or endless one costs nothing.

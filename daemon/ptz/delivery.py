@@ -85,7 +85,7 @@ def report_text(event: Event, host: str) -> str:
 def _post(url: str, body: dict[str, Any], headers: dict[str, str], timeout: float) -> None:
     payload = json.dumps(body, default=str).encode()
     all_headers = {"User-Agent": f"picamd/{__version__}", "Content-Type": "application/json", **headers}
-    import requests  # here, not at the top: about 4 MiB, and only a set mail API or webhook URL needs it
+    import requests  # here, not at the top: about 5 MiB, and only a set mail API or webhook URL needs it
 
     try:
         response = requests.post(url, data=payload, headers=all_headers, timeout=(timeout, timeout), stream=True)

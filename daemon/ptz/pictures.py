@@ -157,7 +157,7 @@ class SnapshotPictures(PictureSource):
         netloc = host + (f":{parts.port}" if parts.port else "")
         self._url = urlunsplit((parts.scheme, netloc, parts.path or "/", parts.query, ""))
         self._shown = f"{parts.scheme}://{netloc}"
-        # requests (about 4 MiB) is imported only by a configured snapshot URL, not by every daemon.
+        # requests (about 5 MiB) is imported only by a configured snapshot URL, not by every daemon.
         import requests
         from requests.auth import HTTPBasicAuth, HTTPDigestAuth
 
