@@ -3,10 +3,11 @@
 glibc's malloc raises its mmap threshold to the size of any large block freed (up to 32 MiB on 64-bit),
 after which blocks that size come from the heap, and a freed one stays in the process while anything above
 it is in use. Full frames, night stacks (float sums and the frames of a sigma clip) and clips are such
-blocks: measured on a PC, one background `stack 16` left the daemon 21 MiB larger for good, and the first
-frames left 4 MiB of heap behind. A fixed threshold turns that adjustment off: a block of `THRESHOLD` or
-more is mapped on its own and unmapped when freed, smaller ones (ring-sized scratch, JPEGs) are reused
-from the heap. The price is the page faults of each fresh full frame (about 1 ms a 1024x768 frame on a PC).
+blocks: measured on a PC (bench/memory.py --variants), the shipped config ran 8 MiB larger with glibc's own
+threshold, and one background `stack 16` left it another 9 to 21 MiB larger for good. A fixed threshold
+turns that adjustment off: a block of `THRESHOLD` or more is mapped on its own and unmapped when freed,
+smaller ones (ring-sized scratch, JPEGs) are reused from the heap. The price is the page faults of each
+fresh full frame (about 1 ms a 1024x768 frame on a PC).
 
 `MALLOC_MMAP_THRESHOLD_` in the environment (glibc's own name for it) wins, so it can be compared.
 """
