@@ -133,10 +133,10 @@ def write_group(
 
 
 def pending_stem(name: str) -> str | None:
-    """The final stem a temp file name of `write_atomic`/`write_group` belongs to ('.STEM.XXXXXXXX.tmp.EXT'), or None."""
+    """The final stem a temp file name of `write_atomic`/`write_group` belongs to ('.STEM.<random>.tmp.EXT'), or None."""
     if not name.startswith(".") or ".tmp." not in name:
         return None
-    head = name[1:].rpartition(".tmp.")[0]  # 'STEM.XXXXXXXX'
+    head = name[1:].rpartition(".tmp.")[0]  # 'STEM.<random>'
     stem, dot, _random = head.rpartition(".")
     return stem if dot and stem else None
 
