@@ -224,7 +224,9 @@ def test_set_empty_clears_a_text_and_reset_restores_the_default(daemon: Daemon) 
 
 def test_folders_and_files_are_confined_to_the_allowed_roots(daemon: Daemon, tmp_path: Path) -> None:
     for key, value, why in [
-        ("export.base_dir", "../../tmp/evil", "resolves to /tmp/evil, outside the allowed folders"),
+        # The daemon runs in the checkout: climb out of it however deep it sits.
+        ("export.base_dir", "../" * len(ROOT.resolve().parts) + "tmp/evil", "resolves to /tmp/evil, outside the allowed folders"),
+        ("export.base_dir", "/var/lib/picamd/../../../tmp/evil", "resolves to /tmp/evil, outside the allowed folders"),
         ("export.base_dir", "/etc", "resolves to /etc, outside the allowed folders"),
         ("export.base_dir", "~", "~ is not expanded"),
         ("export.base_dir", '""', "must name a folder"),
