@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = ["ingest", "stacking", "motion", "memory", "health_rtt", "mjpeg_clients", "detect", "detect_loop", "cpu_budget"]
+SCRIPTS = ["ingest", "stacking", "motion", "memory", "health_rtt", "mjpeg_clients", "detect", "detect_loop", "cpu_budget", "ptz_sweep"]
 
 
 def machine() -> str:

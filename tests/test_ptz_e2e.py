@@ -224,3 +224,58 @@ def test_sweep_cancel_leaves_a_consistent_partial_report(world):
     with zipfile.ZipFile(next(folder.glob("*.zip"))) as zf:
         assert zf.testzip() is None and f"{run_id}/raw_images/p001_entrance.jpg" in zf.namelist()
     assert replies(daemon.cmd(f"token {TOKEN}", "sweep cancel"))[1].splitlines()[0] == "ERR no sweep is running"
+
+
+def test_each_preset_watches_its_own_motion_regions_from_the_command_port(world):
+    camera, _, _, daemon = world
+    camera.faults = type(camera.faults)()
+    own = [
+        {"number": 1, "name": "Entrance", "regions": [{"name": "door1", "rect": [0.1, 0.1, 0.3, 0.3]}]},
+        {"number": 2, "name": "Coffee bar", "regions": []},
+        {"number": 3, "name": "Studio"},
+    ]
+
+    def watched() -> tuple[str, list[str]]:
+        body = reply_json(replies(daemon.cmd("regions"))[0])
+        return body["from"], [r["name"] for r in body["active"]]
+
+    def becomes(expected: tuple[str, list[str]]) -> None:
+        assert wait_for(lambda: watched() == expected, timeout=10), (watched(), daemon.log()[-3000:])
+
+    try:
+        out = replies(
+            daemon.cmd(
+                f"token {TOKEN}",
+                "set motion.regions [{name: base, rect: [0, 0, 0.5, 0.5]}]",
+                "set ptz.presets [{number: 1, regions: [{name: bad, rect: [0.5, 0.5, 0.8, 0.2]}]}]",
+                f"set ptz.presets {json.dumps(own)}",
+                "goto 1",
+            )
+        )
+        heads = [r.splitlines()[0] for r in out]
+        assert heads[1].startswith("OK motion.regions=")
+        assert heads[2].startswith("ERR ptz.presets: ") and "preset 1: region 'bad': rect [0.5, 0.5, 0.8, 0.2] reaches outside" in heads[2]
+        assert heads[3].startswith("OK ptz.presets=") and heads[4].startswith("OK at preset 1 after ")
+        becomes(("preset 1", ["door1"]))
+        head = replies(daemon.cmd("regions"))[0].splitlines()[0]
+        assert head == "OK 1 regions active (the PTZ camera's preset 1 has its own; motion.regions apply elsewhere)"
+        health = reply_json(replies(daemon.cmd("health"))[0])
+        assert health["motion"]["watching"] == {"from": "preset 1", "preset": 1, "preset_name": "Entrance"}
+        assert health["ptz"]["view"] == {"preset": 1, "name": "Entrance"}
+        # An edit of motion.regions while a preset's own are measured says so; it applies once the camera leaves.
+        added = replies(daemon.cmd(f"token {TOKEN}", "region add extra 0.6 0.6 0.2 0.2"))[1].splitlines()[0]
+        assert added.startswith("OK region extra added")
+        assert added.endswith("the camera is at preset 1, whose own regions are measured until it moves")
+        # Changing the preset's regions while the camera is there takes effect at once.
+        own[0]["regions"] = [{"name": "door1b", "rect": [0.2, 0.2, 0.3, 0.3]}]
+        assert replies(daemon.cmd(f"token {TOKEN}", f"set ptz.presets {json.dumps(own)}"))[1].startswith("OK ptz.presets=")
+        becomes(("preset 1", ["door1b"]))
+        assert replies(daemon.cmd(f"token {TOKEN}", "goto 2"))[1].startswith("OK at preset 2 after ")
+        becomes(("preset 2", []))
+        assert replies(daemon.cmd(f"token {TOKEN}", "goto 3"))[1].startswith("OK at preset 3 after ")
+        becomes(("motion.regions", ["base", "extra"]))
+        assert replies(daemon.cmd(f"token {TOKEN}", "goto 1", "home"))[2].startswith("OK home after ")
+        becomes(("motion.regions", ["base", "extra"]))
+        assert "motion: regions now door1b (from preset 1)" in daemon.log()
+    finally:
+        daemon.cmd(f"token {TOKEN}", f"set ptz.presets {json.dumps(PRESETS)}", "set motion.regions []")

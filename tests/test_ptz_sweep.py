@@ -173,6 +173,61 @@ def test_every_move_pauses_motion_through_its_reset_path(rig_factory, camera, fe
     assert motion.last_reset is not None and motion.last_reset["reason"] == "ptz.moving"
 
 
+def test_each_preset_is_watched_with_its_own_motion_regions(rig_factory, feeder, tmp_path):
+    """A preset with regions of its own is measured with them while the camera is there (an empty list: none), one
+    without them with motion.regions; every move that ends says where the camera is (ptz.view)."""
+    rig = rig_factory(
+        **{
+            "motion.settle_s": 0.2,
+            "motion.log_dir": str(tmp_path / "logs"),
+            "motion.regions": [{"name": "door", "rect": [0, 0, 0.5, 0.5]}],
+            "ptz.presets": [
+                {
+                    "number": 1,
+                    "name": "Entrance",
+                    "regions": [{"name": "press1", "rect": [0.5, 0.5, 0.4, 0.4]}, {"name": "belt1", "rect": [0, 0, 0.2, 0.2]}],
+                },
+                {"number": 2, "name": "Coffee bar", "regions": []},
+                {"number": 3, "name": "Studio"},
+            ],
+        }
+    )
+    motion = Motion(rig.config.section("motion"), rig.bus, ComponentStatus("motion"), (640, 480), (160, 120))
+    feeder.stages.append(motion)
+    rig.sweep([1, 2, 3])
+    time.sleep(0.3)  # frames at preset 3
+    feeder.stages.clear()
+    views = [e for e in rig.events if e.kind == "ptz.view"]
+    assert [(e.data["preset"], e.data["name"]) for e in views] == [(1, "Entrance"), (2, "Coffee bar"), (3, "Studio")]
+    assert views[1].data["regions"] == [] and views[2].data["regions"] is None
+
+    def headers(after: float, before: float) -> set[str]:
+        # A frame is measured with the new regions from the first one after the event (0.05 s of margin for the swap).
+        seen = [m.extra.get("motion", "") for m in feeder.metas if after + 0.05 < m.ts < before]
+        return {";".join(part.split("=")[0] for part in header.split(";")) for header in seen}
+
+    assert headers(views[0].ts, views[1].ts) == {"press1;belt1"}
+    assert headers(views[1].ts, views[2].ts) == {""}  # preset 2: no regions at all
+    assert headers(views[2].ts, time.time()) == {"door"}
+    assert motion.watching() == {"from": "motion.regions", "preset": 3, "preset_name": "Studio"}
+    assert rig.ptz.health()["view"] == {"preset": 3, "name": "Studio"}
+
+
+def test_preset_regions_are_checked_like_motion_regions():
+    from daemon.config import Config, ConfigError
+
+    with pytest.raises(ValueError, match=r"preset 4: region 'a': .*"):
+        merged_presets([{"number": 4, "regions": [{"name": "a", "rect": [0.5, 0.5, 0.8, 0.2]}]}], "")
+    with pytest.raises(ValueError, match="preset 4: masks without regions"):
+        merged_presets([{"number": 4, "masks": [[0, 0, 10, 10]]}], "")
+    with pytest.raises(ValueError, match="preset 4: regions must be a list"):
+        merged_presets([{"number": 4, "regions": "door"}], "")
+    with pytest.raises(ConfigError, match=r"ptz\.presets: .*preset 4: region 'a'"):
+        Config({"ptz.presets": [{"number": 4, "regions": [{"name": "a", "rect": [0.5, 0.5, 0.8, 0.2]}]}]})
+    ok = merged_presets([{"number": 4, "regions": [{"name": "a", "rect": [0, 0, 10, 10]}], "masks": [[0, 0, 5, 5]]}], "")
+    assert ok[0].to_dict()["regions"] == [{"name": "a", "rect": [0, 0, 10, 10]}] and ok[0].masks == [[0, 0, 5, 5]]
+
+
 def test_the_picture_waits_until_the_image_stands_still(rig_factory, feeder):
     feeder.view.wobble_s = 0.5  # the head sways for half a second after the camera reports it arrived
     rig = rig_factory()

@@ -621,7 +621,8 @@ SCHEMA: tuple[Key, ...] = (
         "ptz.presets",
         list,
         [],
-        "Presets: {number 0..254, name, settle_s (longest wait for the picture to settle), zone [x, y, w, h] where people are counted}",
+        "Presets: {number 0..254, name, settle_s (longest wait for the picture to settle), zone [x, y, w, h] where people are counted, "
+        "regions and masks (this view's own motion regions, as motion.regions)}",
         check=check_presets,
     ),
     Key(

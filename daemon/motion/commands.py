@@ -105,7 +105,17 @@ class MotionCommands:
             **layout,
         }
         refused = len(layout["errors"])
-        return Reply(True, f"{len(layout['active'])} regions active" + (f", {refused} refused" if refused else ""), body=body)
+        text = f"{len(layout['active'])} regions active" + (f", {refused} refused" if refused else "")
+        if layout["from"] != "motion.regions":
+            text += f" (the PTZ camera's {layout['from']} has its own; motion.regions apply elsewhere)"
+        return Reply(True, text, body=body)
+
+    def _elsewhere(self) -> str:
+        """What a region edit adds when a PTZ preset's own regions are measured now (the edit is to motion.regions)."""
+        source = self._motion.watching()["from"]
+        if source == "motion.regions":
+            return ""
+        return f"; the camera is at {source}, whose own regions are measured until it moves"
 
     def _region_add(self, args: list[str]) -> Reply:
         if len(args) not in (5, 6):
@@ -152,7 +162,8 @@ class MotionCommands:
         log.info("motion: region %s added by command: %s", name, entry)
         return Reply(
             True,
-            f"region {name} added, measured on the {geometry.source} frame; applies from the next frame (overwrite_config keeps it)",
+            f"region {name} added, measured on the {geometry.source} frame; applies from the next frame (overwrite_config keeps it)"
+            + self._elsewhere(),
             body={"region": entry, "measured": geometry.describe()},
         )
 
@@ -170,4 +181,4 @@ class MotionCommands:
             except ValueError as exc:
                 return Reply.error(str(exc))
         log.info("motion: region %s deleted by command", name)
-        return Reply(True, f"region {name} deleted; applies from the next frame (overwrite_config keeps it)")
+        return Reply(True, f"region {name} deleted; applies from the next frame (overwrite_config keeps it)" + self._elsewhere())

@@ -9,6 +9,14 @@ validated (`regions.py`) and compiled on whatever thread changed the config
 and installed by the capture thread on its next frame: one attribute swap, no
 lock on the hot path. The commands are in `commands.py`.
 
+Which regions. `motion.regions` and `motion.masks`, unless a PTZ camera is
+at a preset that has regions of its own: the PTZ component publishes
+`ptz.view` after every move (the preset, with its `regions` and `masks`, or
+none), and while the camera shows such a preset its regions and masks are
+the ones measured. Regions keep their machine state by name across a
+change; one that leaves the picture is dropped and starts UNKNOWN when it
+comes back (it was not watched meanwhile).
+
 Resets. Anything that changes the picture without the scene changing must
 not read as motion: the background is re-baselined and judgement suppressed
 for `settle_s` seconds. There are two ways in, and only two:
@@ -80,6 +88,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("picamd.motion")
 
 RESET_EVENTS = ("night.enter", "night.exit", "camera.recovered", "ptz.moving")  # bus events that re-baseline and settle
+VIEW_EVENT = "ptz.view"  # a PTZ camera arrived somewhere: {preset, name, regions, masks}; regions None: motion.regions
 _PLAN_KEYS = ("motion.method", "motion.blur", "motion.pixel_threshold", "motion.dilate")  # settings that shape the passes
 
 
@@ -123,6 +132,7 @@ class _Layout:
     """What the config thread hands to the capture thread: the compiled regions and their passes."""
 
     version: int
+    source: str  # where the regions come from: "motion.regions" or "preset N"
     compiled: Compiled
     plans: tuple[PassPlan, ...]
     where: tuple[tuple[int, int], ...]  # per geometry: (pass index, index within the pass)
@@ -204,9 +214,12 @@ class Motion:
         self._compile_lock = threading.Lock()
         # Built on whatever thread changed the config, installed by the capture thread on its next frame
         # (which allocates the passes' buffers). One attribute swap, no lock on the hot path.
-        self._incoming = _Layout(0, Compiled((), [], None, ()), (), ())
+        self._incoming = _Layout(0, "motion.regions", Compiled((), [], None, ()), (), ())
         self._compiled = self._incoming.compiled
+        self._source = "motion.regions"
+        self._view: dict[str, Any] = {"preset": None, "name": None, "regions": None, "masks": None}
         self._installed_version = -1
+        self._installed_source = "motion.regions"
         self._regions: tuple[_Region, ...] = ()
         self._passes: tuple[Pass, ...] = ()
         self._region_errors: tuple[str, ...] = ()
@@ -237,11 +250,12 @@ class Motion:
             queue_size=log_queue_size,
             retry_s=log_retry_s,
         )
-        self._prepare(cfg.regions, cfg.masks)
+        self._prepare()
         self._install_pending()
         cfg.on_change(self._on_config)
         for kind in RESET_EVENTS:
             bus.subscribe(kind, self._on_reset_event)
+        bus.subscribe(VIEW_EVENT, self._on_view)
 
     # -- lifecycle
     def start(self) -> None:
@@ -259,7 +273,7 @@ class Motion:
     def _on_config(self, name: str, _value: Any) -> None:
         self._params = _Params.read(self._cfg)
         if name in ("motion.regions", "motion.masks"):
-            self._prepare(self._cfg.regions, self._cfg.masks)
+            self._prepare()
         elif name in _PLAN_KEYS:
             with self._compile_lock:
                 self._publish_plan()
@@ -268,13 +282,39 @@ class Motion:
         """Regions and masks as this camera would measure them, with what it would refuse and why."""
         return compile_regions(raw_regions, raw_masks, self.frame_size, self.ring_size)
 
-    def _prepare(self, raw_regions: Any, raw_masks: Any) -> None:
-        """Validate and compile the regions (on the thread that changed the config) for the capture thread to install."""
+    def _on_view(self, event: Event) -> None:
+        if event.kind != VIEW_EVENT:
+            return
+        data = event.data
+        regions, masks = data.get("regions"), data.get("masks")
+        view = {
+            "preset": data.get("preset"),
+            "name": data.get("name"),
+            "regions": list(regions) if isinstance(regions, list) else None,
+            "masks": list(masks) if isinstance(masks, list) else None,
+        }
         with self._compile_lock:
+            same = view == self._view
+            self._view = view
+        if not same:
+            self._prepare()
+
+    def _watched(self) -> tuple[Any, Any, str]:
+        """The regions, masks and their source for where the camera looks (caller holds _compile_lock)."""
+        view = self._view
+        if view["regions"] is None:
+            return self._cfg.regions, self._cfg.masks, "motion.regions"
+        return view["regions"], view["masks"] or [], f"preset {view['preset']}"
+
+    def _prepare(self) -> None:
+        """Validate and compile the watched regions (on the thread that changed them) for the capture thread to install."""
+        with self._compile_lock:
+            raw_regions, raw_masks, source = self._watched()
             compiled = self.compile(raw_regions, raw_masks)
             for err in compiled.errors():
-                log.error("motion: %s", err)
+                log.error("motion: %s%s", "" if source == "motion.regions" else f"{source}: ", err)
             self._compiled = compiled
+            self._source = source
             self._publish_plan()
 
     def _publish_plan(self) -> None:
@@ -284,7 +324,7 @@ class Motion:
         p = _Params.read(self._cfg)
         settings = [PassSettings.of(g, p.method, p.blur, p.threshold, p.dilate) for g in geometries]
         plans, where = plan_passes(geometries, settings, compiled.masks, self.frame_size, self.ring_size)
-        self._incoming = _Layout(self._incoming.version + 1, compiled, tuple(plans), tuple(where))
+        self._incoming = _Layout(self._incoming.version + 1, self._source, compiled, tuple(plans), tuple(where))
 
     def _install_pending(self) -> None:
         layout = self._incoming
@@ -308,8 +348,12 @@ class Motion:
         self._regions = tuple(installed)
         self._region_errors = errors
         self._installed_version = layout.version
+        # Say where they come from whenever it is not the config's regions, and when it goes back to them.
+        said = layout.source != "motion.regions" or layout.source != self._installed_source
+        self._installed_source = layout.source
         if self._last_mono is not None:  # not on the first install, start() says it
-            log.info("motion: regions now %s", ", ".join(r.spec.name for r in installed) or "none")
+            names = ", ".join(r.spec.name for r in installed) or "none"
+            log.info("motion: regions now %s%s", names, f" (from {layout.source})" if said else "")
         self._set_problem("regions", "; ".join(errors) if errors else None)
 
     # -- resets
@@ -515,10 +559,17 @@ class Motion:
     def layout(self) -> dict[str, Any]:
         """How the active regions are measured: each region's geometry, the passes, and the regions refused."""
         return {
+            "from": self._installed_source,
             "active": [r.geometry.describe() for r in self._regions],
             "passes": [p.plan.describe() for p in self._passes],
             "errors": list(self._region_errors),
         }
+
+    def watching(self) -> dict[str, Any]:
+        """Where the measured regions come from: `from` is "motion.regions" or "preset N" (a PTZ preset's own), with
+        the preset the camera was last seen arriving at (None: not at a preset, or never moved by picamd)."""
+        view = self._view
+        return {"from": self._installed_source, "preset": view["preset"], "preset_name": view["name"]}
 
     def _region_status(self, region: _Region) -> dict[str, Any]:
         machine, spec = region.machine, region.spec
@@ -552,5 +603,6 @@ class Motion:
             "measure_errors": self.measure_errors,
             "regions": {s["name"]: s for s in self.region_states()},
             "region_errors": list(self._region_errors),
+            "watching": self.watching(),
             "log": {**self.log.stats(), "per_frame": self._params.log_frames},
         }

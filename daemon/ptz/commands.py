@@ -168,7 +168,7 @@ class PtzCommands:
             n = _int(args[0], "preset", 0, visca.PRESET_MAX)
         except ValueError as exc:
             return Reply.error(str(exc))
-        return self._run("", lambda: Reply(True, f"at preset {n} after {self._ptz.move(visca.recall_preset(n)):.1f} s"))
+        return self._run("", lambda: Reply(True, f"at preset {n} after {self._ptz.move(visca.recall_preset(n), preset=n):.1f} s"))
 
     def _cmd_preset_set(self, args: list[str], session: Session) -> Reply:
         try:

@@ -6,8 +6,12 @@ worker (`picamd-ptz-schedule`, once a second: is a new slot of
 `ptz.sweep_every_min` or `ptz.sweep_at` due?). Every move, manual or in a
 sweep, publishes `ptz.moving` (start, at least every half `motion.settle_s`
 while it lasts, stopped), which pauses motion judgement through Motion's one
-reset path. Settings are read when used: `set ptz.host ...` takes effect on
-the next request. The commands are in `commands.py`.
+reset path. Every move that ends also publishes `ptz.view` (`presets.VIEW`):
+the preset the camera now shows, with its own motion regions, or none (home,
+an absolute move, a zoom, a failed move), so Motion watches the regions of
+what is in the picture; changing `ptz.presets` while the camera is at one
+publishes it again. Settings are read when used: `set ptz.host ...` takes
+effect on the next request. The commands are in `commands.py`.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from . import visca
 from .client import LinkSettings, PtzError, ViscaClient
 from .counting import PeopleCounter
 from .pictures import MeasureSettings, PictureSource, SnapshotPictures
-from .presets import Preset, merged_presets
+from .presets import VIEW, Preset, merged_presets, view_event
 from .report import recover_partials
 from .schedule import last_slot, next_slot
 from .sweep import MOVING, Sweeper, SweepRun
@@ -80,15 +84,18 @@ class Ptz:
             motion_settle_s=motion_settle_s,
             jpeg_quality=jpeg_quality,
             min_free_mb=min_free_mb,
+            on_view=self.arrived,
         )
         self._scheduler = Worker("ptz-schedule", self._schedule_step, status=status, interval_s=1.0)
         self._armed_at = time.time()  # slots that began before this are not run
         self._last_slot: float | None = None
         self._move_lock = threading.Lock()  # one manual move at a time
         self.position: dict[str, Any] | None = None  # the last answer to the inquiries
+        self.view: Preset | None = None  # the preset the camera is at, as far as picamd moved it
         self.state = "idle"
         self.scheduled_runs = 0
         self.skipped_slots = 0
+        cfg.on_change(self._on_config)
 
     # -- lifecycle
     def start(self) -> None:
@@ -152,6 +159,20 @@ class Ptz:
             return list(known.values())
         return [known.get(n, Preset(n, f"preset {n}")) for n in numbers]
 
+    def preset(self, number: int) -> Preset:
+        """The configured preset of this number (one not configured: a bare preset under its number)."""
+        return next((p for p in self._presets_or_empty() if p.number == number), Preset(number, f"preset {number}"))
+
+    def arrived(self, preset: Preset | None) -> None:
+        """A move ended: at `preset`, or not at a preset (None). Publishes `ptz.view` for Motion."""
+        self.view = preset
+        self._bus.publish(VIEW, **view_event(preset))
+
+    def _on_config(self, name: str, _value: Any) -> None:
+        view = self.view
+        if name in ("ptz.presets", "ptz.presets_file") and view is not None:
+            self.arrived(self.preset(view.number))  # the preset's regions may have changed
+
     def _picture_source(self) -> PictureSource:
         url = str(self._cfg.snapshot_url).strip()
         if not url:
@@ -165,13 +186,14 @@ class Ptz:
         run = self.sweeper.current()
         return run if run is not None and run.running else None
 
-    def move(self, message: visca.Message) -> float:
+    def move(self, message: visca.Message, preset: int | None = None) -> float:
         """Run one movement (preset recall, home, absolute position, zoom) to its completion, pausing motion meanwhile;
-        returns the seconds it took. Raises PtzOff or PtzError."""
+        returns the seconds it took. `preset`: the preset the move recalls. Raises PtzOff or PtzError."""
         self.check_on()
         if not self._move_lock.acquire(timeout=0.1):
             raise PtzError("another move is still running")
         started = time.monotonic()
+        arrived = False
         try:
             self.state = "moving"
             self._bus.publish(MOVING, phase="start", command=message.name)
@@ -185,7 +207,9 @@ class Ptz:
                 return True
 
             self.client.complete(self.client.start(message), tick=tick, tick_s=0.2)
+            arrived = True
         finally:
+            self.arrived(self.preset(preset) if arrived and preset is not None else None)
             self._bus.publish(MOVING, phase="stopped", command=message.name)
             self.state = "idle"
             self._move_lock.release()
@@ -245,6 +269,7 @@ class Ptz:
             "state": "sweeping" if self.busy_with() is not None else self.state,
             "link": self.client.health(),
             "position": self.position,
+            "view": None if self.view is None else {"preset": self.view.number, "name": self.view.name},
             "sweep": None if run is None else {k: v for k, v in run.progress().items() if k != "rows"},
             "sweeps": self.sweeper.runs,
             "next_scheduled": None if nxt is None else time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(nxt)),

@@ -1,10 +1,14 @@
 """PTZ presets: what `ptz.presets` and a preset file hold, validated in one place (the schema uses `check_presets`).
 
-A preset is `{number, name, settle_s, zone}`: the camera's memory slot
-(0..254), a name for the report, the longest wait for the picture to settle
-after the camera arrives (empty: `ptz.settle_s`), and the part of the picture
-where people are counted (`[x, y, w, h]` in pixels of the full frame, or
-fractions 0..1; empty: all of it). The seed's JSON file
+A preset is `{number, name, settle_s, zone, regions, masks}`: the camera's
+memory slot (0..254), a name for the report, the longest wait for the picture
+to settle after the camera arrives (empty: `ptz.settle_s`), the part of the
+picture where people are counted (`[x, y, w, h]` in pixels of the full frame,
+or fractions 0..1; empty: all of it), and the motion regions and masks of
+this view, written as `motion.regions` and `motion.masks` are. A preset
+without `regions` is watched with `motion.regions` and `motion.masks`; with
+`regions` (even an empty list) its own regions and masks replace them while
+the camera is there (`view_event`, which Motion listens to). The seed's JSON file
 (`{"presets": [{"number": 1, "name": "Entrance"}, ...]}`, or a bare list) is
 accepted through `ptz.presets_file`; presets in the config win over the file's
 of the same number.
@@ -20,9 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from daemon.motion.regions import check_masks, check_regions
+
 PRESET_MAX = 254
 NAME_MAX = 64
-_KNOWN = {"number", "name", "settle_s", "zone"}
+_KNOWN = {"number", "name", "settle_s", "zone", "regions", "masks"}
+#: The bus event of where the camera looks after a move: Motion takes the preset's own regions from it.
+VIEW = "ptz.view"
 
 
 @dataclass(frozen=True)
@@ -31,6 +39,8 @@ class Preset:
     name: str
     settle_s: float | None = None  # None: ptz.settle_s
     zone: tuple[float, float, float, float] | None = None
+    regions: list[Any] | None = None  # None: motion.regions and motion.masks apply at this preset
+    masks: list[Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"number": self.number, "name": self.name}
@@ -38,6 +48,10 @@ class Preset:
             out["settle_s"] = self.settle_s
         if self.zone is not None:
             out["zone"] = list(self.zone)
+        if self.regions is not None:
+            out["regions"] = self.regions
+        if self.masks is not None:
+            out["masks"] = self.masks
         return out
 
     def zone_pixels(self, width: int, height: int) -> tuple[int, int, int, int] | None:
@@ -96,7 +110,7 @@ def parse_preset(item: Any, index: int) -> Preset:
         raise ValueError(f"{where}: must be a mapping like {{number: 1, name: Entrance}}")
     unknown = sorted(set(item) - _KNOWN)
     if unknown:
-        raise ValueError(f"{where}: unknown field(s) {', '.join(map(str, unknown))} (known: number, name, settle_s, zone)")
+        raise ValueError(f"{where}: unknown field(s) {', '.join(map(str, unknown))} (known: {', '.join(sorted(_KNOWN))})")
     if "number" not in item:
         raise ValueError(f"{where}: no number")
     number = _number(item["number"])
@@ -113,7 +127,32 @@ def parse_preset(item: Any, index: int) -> Preset:
             raise ValueError(f"{where}: settle_s {settle!r} is not a number") from None
         if not math.isfinite(settle_s) or not 0 <= settle_s <= 600:
             raise ValueError(f"{where}: settle_s {settle_s:g} is not 0..600")
-    return Preset(number, name, settle_s, _zone(item.get("zone"), where))
+    regions, masks = _motion_part(item, "regions", check_regions, where), _motion_part(item, "masks", check_masks, where)
+    if masks is not None and regions is None:
+        raise ValueError(f"{where}: masks without regions: give the preset its own regions too (or put the masks in motion.masks)")
+    return Preset(number, name, settle_s, _zone(item.get("zone"), where), regions, masks)
+
+
+def _motion_part(item: dict, key: str, check: Any, where: str) -> list[Any] | None:
+    """A preset's own motion regions or masks, checked as `motion.regions`/`motion.masks` are (the frame's bounds are
+    checked when the camera gets there, as for motion.regions)."""
+    if key not in item or item[key] is None:
+        return None
+    value = item[key]
+    if not isinstance(value, list):
+        raise ValueError(f"{where}: {key} must be a list, written as motion.{key} is")
+    try:
+        return list(check(value))
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc}") from None
+
+
+def view_event(preset: Preset | None) -> dict[str, Any]:
+    """The data of a `ptz.view` event: where the camera now looks (`preset` None: not at a preset, or unknown after a
+    failed move) and the motion regions and masks that apply there (None: motion.regions and motion.masks)."""
+    if preset is None:
+        return {"preset": None, "name": None, "regions": None, "masks": None}
+    return {"preset": preset.number, "name": preset.name, "regions": preset.regions, "masks": preset.masks}
 
 
 def parse_presets(raw: Any) -> list[Preset]:

@@ -9,7 +9,8 @@ motion and every command carry on. For each preset:
 2. the picture is taken once the image has settled (`pictures.py`: a frame
    newer than the completion, then frame-to-frame change below
    `ptz.settle_threshold`, at most `settle_s`), and `ptz.moving` says
-   `stopped`;
+   `stopped`; on arrival the component is told (`on_view`), which publishes
+   `ptz.view` with the preset's own motion regions;
 3. the picture goes to the counting worker (`picamd-sweep-count`), which
    writes the raw image, counts people (the `PeopleCounter` the app gives),
    draws the annotated image, while the sweep already moves to the next
@@ -203,10 +204,13 @@ class Sweeper:
         motion_settle_s: Callable[[], float] = lambda: 5.0,
         jpeg_quality: Callable[[], int] = lambda: 90,
         min_free_mb: Callable[[], float] = lambda: 0.0,
+        on_view: Callable[[Preset | None], None] = lambda preset: None,
     ) -> None:
         """`cfg` is the `ptz` config section; `pictures` builds the picture source at the start of each sweep;
-        `base_dir` is the captures folder (runs go to its `sweeps/`); `min_free_mb` the disk space retention keeps free."""
+        `base_dir` is the captures folder (runs go to its `sweeps/`); `min_free_mb` the disk space retention keeps free;
+        `on_view` hears where each move ended (the preset, or None when the move failed)."""
         self._cfg = cfg
+        self._on_view = on_view
         self._client = client
         self._pictures = pictures
         self._count = count_people
@@ -343,9 +347,12 @@ class Sweeper:
         started = row.started_mono = time.monotonic()
         tick = self._heartbeat(run, row)
         self._moving("start", run, row)
+        at_preset = False
         try:
             req = self._client.start(visca.recall_preset(preset.number))
             self._client.complete(req, tick=tick, tick_s=TICK_S)
+            at_preset = True
+            self._on_view(preset)
             arrived = req.completed_mono or time.monotonic()
             row.move_s = arrived - started
             row.state = "settling"
@@ -359,6 +366,8 @@ class Sweeper:
             log.warning("sweep %s: preset %d (%s) failed: %s", run.id, preset.number, preset.name, exc)
             return None
         finally:
+            if not at_preset:
+                self._on_view(None)  # stopped somewhere on the way, or where is not known
             self._moving("stopped", run, row)
         row.settle_s, row.settled, row.change, row.ts = picture.settle_s, picture.settled, picture.change, picture.ts
         row.state = "counting"
