@@ -272,6 +272,8 @@ def test_each_preset_watches_its_own_motion_regions_from_the_command_port(world)
         becomes(("preset 1", ["door1b"]))
         assert replies(daemon.cmd(f"token {TOKEN}", "goto 2"))[1].startswith("OK at preset 2 after ")
         becomes(("preset 2", []))
+        # door1b is out of the picture: still listed, UNKNOWN, and says why.
+        assert first(daemon.cmd("motion door1b")) == "OK door1b UNKNOWN (not in the picture since the camera left preset 1)"
         assert replies(daemon.cmd(f"token {TOKEN}", "goto 3"))[1].startswith("OK at preset 3 after ")
         becomes(("motion.regions", ["base", "extra"]))
         assert replies(daemon.cmd(f"token {TOKEN}", "goto 1", "home"))[2].startswith("OK home after ")

@@ -211,6 +211,19 @@ def test_each_preset_is_watched_with_its_own_motion_regions(rig_factory, feeder,
     assert headers(views[2].ts, time.time()) == {"door"}
     assert motion.watching() == {"from": "motion.regions", "preset": 3, "preset_name": "Studio"}
     assert rig.ptz.health()["view"] == {"preset": 3, "name": "Studio"}
+    # The regions the camera moved away from stay listed (a dashboard keeps its machines), unwatched and UNKNOWN.
+    listed = [(st["name"], st["watched"], st["watched_from"], st["state"]) for st in motion.region_states()]
+    assert listed[0][:3] == ("door", True, "motion.regions")
+    assert sorted(listed[1:]) == [("belt1", False, "preset 1", "UNKNOWN"), ("press1", False, "preset 1", "UNKNOWN")]
+    # Back at preset 1 with one region fewer: the one its preset no longer has is forgotten, door waits unwatched.
+    presets = rig.config.get("ptz.presets")
+    rig.config.set("ptz.presets", [{**presets[0], "regions": presets[0]["regions"][:1]}, *presets[1:]])
+    feeder.stages.append(motion)
+    rig.sweep([1])
+    time.sleep(0.3)
+    feeder.stages.clear()
+    listed = [(st["name"], st["watched"], st["watched_from"]) for st in motion.region_states()]
+    assert listed == [("press1", True, "preset 1"), ("door", False, "motion.regions")]
 
 
 def test_preset_regions_are_checked_like_motion_regions():

@@ -82,6 +82,8 @@ class MotionCommands:
         if args:
             name = args[0].strip()
             for st in states:
+                if st["name"] == name and not st["watched"]:
+                    return Reply(True, f"{name} {st['state']} (not in the picture since the camera left {st['watched_from']})", body=st)
                 if st["name"] == name:
                     return Reply(True, f"{name} {SETTLING if st['settling'] else st['state']}", body=st)
             if motion.pending(name):

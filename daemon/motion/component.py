@@ -14,8 +14,11 @@ at a preset that has regions of its own: the PTZ component publishes
 `ptz.view` after every move (the preset, with its `regions` and `masks`, or
 none), and while the camera shows such a preset its regions and masks are
 the ones measured. Regions keep their machine state by name across a
-change; one that leaves the picture is dropped and starts UNKNOWN when it
-comes back (it was not watched meanwhile).
+change. One that leaves the picture because the camera moved stays listed
+(`region_states`, `motion`, health, MQTT) with state UNKNOWN and
+`watched: false`, so a dashboard keeps its machines; it starts UNKNOWN when
+it comes back, since nobody watched it meanwhile. One removed from its
+config is gone.
 
 Resets. Anything that changes the picture without the scene changing must
 not read as motion: the background is re-baselined and judgement suppressed
@@ -220,6 +223,10 @@ class Motion:
         self._view: dict[str, Any] = {"preset": None, "name": None, "regions": None, "masks": None}
         self._installed_version = -1
         self._installed_source = "motion.regions"
+        # Regions out of the picture since the camera moved: name -> their status (state UNKNOWN). Replaced whole
+        # (readers on other threads take one reference), under _unwatched_lock by the two threads that change it.
+        self._unwatched: dict[str, dict[str, Any]] = {}
+        self._unwatched_lock = threading.Lock()
         self._regions: tuple[_Region, ...] = ()
         self._passes: tuple[Pass, ...] = ()
         self._region_errors: tuple[str, ...] = ()
@@ -274,6 +281,9 @@ class Motion:
         self._params = _Params.read(self._cfg)
         if name in ("motion.regions", "motion.masks"):
             self._prepare()
+            if name == "motion.regions":
+                configured = {r.get("name") for r in self._cfg.regions if isinstance(r, dict)}
+                self._forget_unwatched("motion.regions", configured)
         elif name in _PLAN_KEYS:
             with self._compile_lock:
                 self._publish_plan()
@@ -343,6 +353,7 @@ class Motion:
             installed.append(region)
         for gone in old.values():
             self.log.close_file(gone.spec.file_stem)
+        self._park(layout.source, list(old.values()), [r.spec.name for r in installed])
         errors = layout.compiled.errors()
         self._passes = tuple(passes)
         self._regions = tuple(installed)
@@ -355,6 +366,27 @@ class Motion:
             names = ", ".join(r.spec.name for r in installed) or "none"
             log.info("motion: regions now %s%s", names, f" (from {layout.source})" if said else "")
         self._set_problem("regions", "; ".join(errors) if errors else None)
+
+    def _park(self, source: str, dropped: list[_Region], active: list[str]) -> None:
+        """Keep listing the regions the camera moved away from; forget those their own config no longer has."""
+        moved = source != self._installed_source
+        with self._unwatched_lock:
+            parked = {
+                name: st
+                for name, st in self._unwatched.items()
+                if name not in active and st["watched_from"] != source  # this source's own list is the active one now
+            }
+            if moved:
+                for region in dropped:
+                    status = self._region_status(region)
+                    status.update(state=UNKNOWN, fraction=0.0, pixels=0, moving=None, settling=False, in_state_s=None, idle_s=None)
+                    status.update(window_moving=None, window_frames=0, watched=False, watched_from=self._installed_source)
+                    parked[region.spec.name] = status
+            self._unwatched = parked
+
+    def _forget_unwatched(self, source: str, names: set[Any]) -> None:
+        with self._unwatched_lock:
+            self._unwatched = {n: st for n, st in self._unwatched.items() if st["watched_from"] != source or n in names}
 
     # -- resets
     def reset(self, reason: str) -> None:
@@ -549,8 +581,9 @@ class Motion:
         return self._last_mono is not None and self._last_mono < self._settle_until
 
     def region_states(self) -> list[dict[str, Any]]:
-        """Each active region's state, fraction and times (times count by frame timestamps)."""
-        return [self._region_status(r) for r in self._regions]
+        """Each measured region's state, fraction and times (times count by frame timestamps), then the regions out of
+        the picture since the camera moved (`watched` false, state UNKNOWN)."""
+        return [self._region_status(r) for r in self._regions] + list(self._unwatched.values())
 
     def pending(self, name: str) -> bool:
         """True while a region just configured waits for the capture loop's next frame to be taken on."""
@@ -589,6 +622,8 @@ class Motion:
             "window_moving": None if share is None else round(share, 3),
             "window_frames": machine.frames,
             "threshold": spec.threshold_text(),
+            "watched": True,
+            "watched_from": self._installed_source,
         }
 
     def health(self) -> dict[str, Any]:

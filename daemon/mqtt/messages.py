@@ -128,6 +128,7 @@ def machine_attributes(region: dict[str, Any]) -> dict[str, Any]:
         "idle_s": region.get("idle_s"),
         "window_moving": region.get("window_moving"),
         "fraction": region.get("fraction"),
+        "watched": region.get("watched", True),  # false: out of the picture since the PTZ camera moved
         "ts": round(time.time(), 3),
     }
 
