@@ -222,8 +222,8 @@ def test_each_preset_is_watched_with_its_own_motion_regions(rig_factory, feeder,
     rig.sweep([1])
     time.sleep(0.3)
     feeder.stages.clear()
-    listed = [(st["name"], st["watched"], st["watched_from"]) for st in motion.region_states()]
-    assert listed == [("press1", True, "preset 1"), ("door", False, "motion.regions")]
+    again = [(st["name"], st["watched"], st["watched_from"]) for st in motion.region_states()]
+    assert again == [("press1", True, "preset 1"), ("door", False, "motion.regions")]
 
 
 def test_preset_regions_are_checked_like_motion_regions():
