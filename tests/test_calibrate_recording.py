@@ -65,6 +65,39 @@ def recording(tmp_path_factory) -> Path:
     return rec
 
 
+def calibrate_recording(recording: Path, *options: str) -> subprocess.CompletedProcess[str]:
+    """tools/calibrate.py on the recording, its first half labelled RUNNING and its second STOPPED, trying one setting."""
+    half = RECORD_S / 2
+    return subprocess.run(
+        [
+            sys.executable,
+            str(CALIBRATE),
+            "--video",
+            str(recording),
+            "--rect",
+            "0.64",
+            "0.3",
+            "0.3",
+            "0.26",
+            "--labels",
+            f"0-{half:g}:running,{half:g}-{RECORD_S}:stopped",
+            "--thresholds",
+            "25",
+            "--blurs",
+            "5",
+            "--dilates",
+            "2",
+            "--methods",
+            "background",
+            *options,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+
+
 def test_opencv_and_ffprobe_read_the_same_real_timestamps_and_the_nominal_rate_is_25(recording):
     cap = cv2.VideoCapture(str(recording))
     assert cap.get(cv2.CAP_PROP_FPS) == 25.0  # what ffmpeg calls any MJPEG stream
@@ -83,35 +116,7 @@ def test_opencv_and_ffprobe_read_the_same_real_timestamps_and_the_nominal_rate_i
 def test_calibrate_times_the_recording_by_its_timestamps_and_says_when_frames_are_too_few(recording, tmp_path):
     report = tmp_path / "report.json"
     half = RECORD_S / 2
-    res = subprocess.run(
-        [
-            sys.executable,
-            str(CALIBRATE),
-            "--video",
-            str(recording),
-            "--rect",
-            "0.64",
-            "0.3",
-            "0.3",
-            "0.26",
-            "--labels",
-            f"0-{half:g}:running,{half:g}-{RECORD_S}:stopped",
-            "--thresholds",
-            "25",
-            "--blurs",
-            "5",
-            "--dilates",
-            "2",
-            "--methods",
-            "background",
-            "--json",
-            str(report),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-    )
+    res = calibrate_recording(recording, "--json", str(report))
     assert res.returncode == 0, res.stderr
     assert "frames timed by their timestamps (OpenCV)" in res.stdout
     data = json.loads(report.read_text())
@@ -127,33 +132,5 @@ def test_calibrate_times_the_recording_by_its_timestamps_and_says_when_frames_ar
     assert "poorly separated" not in res.stderr
 
     # Timed by the nominal 25 fps instead (what --video-fps 25 does), the recording ends before the STOPPED interval.
-    res = subprocess.run(
-        [
-            sys.executable,
-            str(CALIBRATE),
-            "--video",
-            str(recording),
-            "--rect",
-            "0.64",
-            "0.3",
-            "0.3",
-            "0.26",
-            "--labels",
-            f"0-{half:g}:running,{half:g}-{RECORD_S}:stopped",
-            "--video-fps",
-            "25",
-            "--thresholds",
-            "25",
-            "--blurs",
-            "5",
-            "--dilates",
-            "2",
-            "--methods",
-            "background",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-    )
+    res = calibrate_recording(recording, "--video-fps", "25")
     assert res.returncode == 1 and "no frames in the labelled interval" in res.stderr

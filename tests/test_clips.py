@@ -12,8 +12,6 @@ and retention treating clips like auto-saves.
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -23,6 +21,7 @@ import cv2
 import numpy as np
 import pytest
 from images import read_image
+from videos import ffprobe, needs_ffprobe
 
 from daemon.capture.ring import FrameMeta, LatestSlot, Ring
 from daemon.commands import Registry, Session
@@ -36,33 +35,7 @@ skimage_data = pytest.importorskip("skimage.data")
 
 RING_W, RING_H = 160, 120
 FPS = 15.0
-FFPROBE = shutil.which("ffprobe")
-needs_ffprobe = pytest.mark.skipif(FFPROBE is None, reason="ffprobe is not installed (apt-get install ffmpeg)")
 pytestmark = pytest.mark.timeout(120)
-
-
-def ffprobe(path: Path) -> dict[str, Any]:
-    """Codec, size and the frames ffprobe decodes (it reads the whole file to count them)."""
-    out = subprocess.run(
-        [
-            FFPROBE or "ffprobe",
-            "-v",
-            "error",
-            "-count_frames",
-            "-select_streams",
-            "v:0",
-            "-show_entries",
-            "stream=codec_name,width,height,nb_read_frames",
-            "-of",
-            "json",
-            str(path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    return json.loads(out.stdout)["streams"][0]
 
 
 class Rig:

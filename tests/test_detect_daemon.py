@@ -24,8 +24,6 @@ from __future__ import annotations
 import base64
 import json
 import re
-import shutil
-import subprocess
 import threading
 import time
 import urllib.request
@@ -36,7 +34,9 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
+from browser import needs_chromium, page_dom
 from daemon_proc import Daemon, replies, reply_json, wait_for
+from videos import ffprobe_frames, needs_ffprobe
 
 try:
     from daemon.detect.base import DetectorUnavailable
@@ -56,9 +56,6 @@ TOKEN = "s3cret"
 ALERT_TOKEN = "alert-tok-5Gv8-Qz1"
 W, H = 640, 480
 STILL_WATCH_S = 30.0
-FFPROBE = shutil.which("ffprobe")
-needs_ffprobe = pytest.mark.skipif(FFPROBE is None, reason="ffprobe is not installed (apt-get install ffmpeg)")
-CHROMIUM = next((p for p in (shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome")) if p), None)
 
 
 class AlertServer:
@@ -101,29 +98,6 @@ class AlertServer:
     def close(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
-
-
-def _ffprobe_frames(path: Path) -> int:
-    out = subprocess.run(
-        [
-            FFPROBE or "ffprobe",
-            "-v",
-            "error",
-            "-count_frames",
-            "-select_streams",
-            "v:0",
-            "-show_entries",
-            "stream=nb_read_frames",
-            "-of",
-            "json",
-            str(path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    return int(json.loads(out.stdout)["streams"][0]["nb_read_frames"])
 
 
 def _orange(image: np.ndarray) -> int:
@@ -361,7 +335,7 @@ def test_a_new_person_leaves_the_annotated_picture_and_a_clip_that_ffprobe_reads
     assert cap["first_frame_id"] < doc["frame_id"] < cap["last_frame_id"] and 10 <= cap["frames"] <= 40
     assert cap["frames"] == cap["last_frame_id"] - cap["first_frame_id"] + 1 - cap["missed_frames"]
     assert 5 <= cap["fps"] <= 20 and cap["size"] == [160, 120]  # the ring's frames (ring.downscale 160x120)
-    assert _ffprobe_frames(clips[0]) == cap["frames"]
+    assert ffprobe_frames(clips[0]) == cap["frames"]
     picture = next(captures.rglob(f"*_f{doc['frame_id']}_autodetect.jpg"))
     image = _read(picture)
     assert image.shape == (H, W, 3) and _orange(image) > 200
@@ -381,7 +355,7 @@ def test_clip_command_writes_the_rings_last_seconds_and_needs_the_token(moving: 
     cap = body["clip"]
     assert video.suffix == ".mp4" and video.exists() and cap["trigger"] == "command" and 10 <= cap["frames"] <= 35
     assert cap["duration_s"] <= 2.0 and cap["frames"] == cap["last_frame_id"] - cap["first_frame_id"] + 1 - cap["missed_frames"]
-    assert _ffprobe_frames(video) == cap["frames"]
+    assert ffprobe_frames(video) == cap["frames"]
 
 
 def test_tracks_end_by_the_clock_when_the_scene_is_still(still: Daemon) -> None:
@@ -486,26 +460,10 @@ def test_a_missing_model_leaves_the_daemon_running_and_says_why(still: Daemon) -
     assert wait_for(lambda: _health(still)["status"] == "ok", timeout=10), _health(still)["detect"]
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed")
+@needs_chromium
 def test_the_page_draws_boxes_track_ids_and_regions_over_the_live_image(moving: Daemon) -> None:
     _wait_people(moving)
-    proc = subprocess.run(
-        [
-            CHROMIUM or "chromium",
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-            "--virtual-time-budget=6000",
-            "--dump-dom",
-            f"http://127.0.0.1:{moving.http_port}/",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=90,
-    )
-    dom = proc.stdout
-    assert proc.returncode == 0 and "<html" in dom, proc.stderr[-2000:]
+    dom = page_dom(moving.http_port)
     boxes = dom[dom.index('id="box-marks"') : dom.index('id="labels"')]
     rect = re.search(r'<rect x="([0-9.]+)" y="([0-9.]+)" width="([0-9.]+)" height="([0-9.]+)"', boxes)
     assert rect, boxes

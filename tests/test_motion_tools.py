@@ -536,6 +536,26 @@ def section(page: str, region: str) -> str:
     raise AssertionError(f"no section for {region}")
 
 
+def shown_press1(page: str, runs, since: float = -1e18, until: float = 1e18) -> tuple[float, list[list[float]], str]:
+    """press1's utilisation on the chart page agrees with the truth worked out from the bus events (to the 0.1 % shown);
+    returns the truth's utilisation and idle periods, and press1's section of the page."""
+    utilisation, idle = expected(runs, "press1", since, until)
+    shown = re.search(r'data-region="press1">([\d.]+)%<', page)
+    assert shown and abs(float(shown.group(1)) - utilisation * 100) <= 0.06
+    return utilisation, idle, section(page, "press1")
+
+
+def idle_rows(press: str, idle: list[list[float]]) -> list[tuple[str, str, str, str]]:
+    """The idle periods in a region's table (begin, end, duration, deep sleep), two, each as long as the truth's to a
+    second and beginning when it does."""
+    rows = re.findall(r'<tr class="idle"><td>([^<]*)</td><td>([^<]*)</td><td class="num dur">([^<]*)</td><td>(yes|no)</td>', press)
+    assert len(rows) == len(idle) == 2
+    for (begin, _finish, duration, _deep), (a, b) in zip(rows, idle, strict=True):
+        assert abs(seconds_of(duration) - (b - a)) <= 1
+        assert begin == time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(int(a)))
+    return rows
+
+
 def test_chart_draws_the_png_and_reports_utilisation_and_idle_periods(motion_logs, tmp_path):
     src, runs = motion_logs
     log_dir = tmp_path / "logs"
@@ -562,17 +582,10 @@ def test_chart_draws_the_png_and_reports_utilisation_and_idle_periods(motion_log
     page = page_file.read_text()
     assert "http://" not in page and "https://" not in page and "<svg" in page
     assert "skipped 4 lines" in page
-    utilisation, idle = expected(runs, "press1")
-    shown = re.search(r'data-region="press1">([\d.]+)%<', page)
-    assert shown and abs(float(shown.group(1)) - utilisation * 100) <= 0.06
+    utilisation, idle, press = shown_press1(page, runs)
     assert 0.4 < utilisation < 0.7  # and close to the truth: 280 s running of ~500 s known
     assert re.search(r'data-region="door">0\.0%<', page)
-    press = section(page, "press1")
-    rows = re.findall(r'<tr class="idle"><td>([^<]*)</td><td>([^<]*)</td><td class="num dur">([^<]*)</td><td>(yes|no)</td>', press)
-    assert len(rows) == len(idle) == 2
-    for (begin, _finish, duration, _deep), (a, b) in zip(rows, idle, strict=True):
-        assert abs(seconds_of(duration) - (b - a)) <= 1
-        assert begin == time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(int(a)))
+    rows = idle_rows(press, idle)
     assert rows[0][3] == "yes"  # 150 s stopped passes deep_sleep_s (60 s)
     first_stop, first_resume = idle[0][0] - T0_WALL, idle[0][1] - T0_WALL
     assert 100 <= first_stop <= 110 + 1 and 250 <= first_resume <= 260 + 1  # within one window of the truth
@@ -590,10 +603,7 @@ def test_chart_period_and_region_filters(motion_logs, tmp_path):
     assert res.returncode == 0, res.stderr
     page = page_file.read_text()
     assert 'data-region="door"' not in page
-    utilisation, idle = expected(runs, "press1", since, until)
-    shown = re.search(r'data-region="press1">([\d.]+)%<', page)
-    assert shown and abs(float(shown.group(1)) - utilisation * 100) <= 0.06
-    press = section(page, "press1")
+    _, idle, press = shown_press1(page, runs, since, until)
     rows = re.findall(r'<tr class="idle"><td>([^<]*)</td><td>([^<]*)</td>', press)
     assert len(rows) == len(idle) == 2
     assert rows[0][0].endswith("(or earlier)") and rows[1][1].endswith("(still idle)")
@@ -646,15 +656,8 @@ def test_chart_reads_the_summaries_alone_and_mixed_with_per_frame_logs(summary_l
     assert "skipped" not in res.stderr
 
     page = page_file.read_text()
-    utilisation, idle = expected(runs, "press1")
-    shown = re.search(r'data-region="press1">([\d.]+)%<', page)
-    assert shown and abs(float(shown.group(1)) - utilisation * 100) <= 0.06
-    press = section(page, "press1")
-    rows = re.findall(r'<tr class="idle"><td>([^<]*)</td><td>([^<]*)</td><td class="num dur">([^<]*)</td><td>(yes|no)</td>', press)
-    assert len(rows) == len(idle) == 2
-    for (begin, _finish, duration, _deep), (a, b) in zip(rows, idle, strict=True):
-        assert abs(seconds_of(duration) - (b - a)) <= 1
-        assert begin == time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(int(a)))
+    _, idle, press = shown_press1(page, runs)
+    idle_rows(press, idle)
     assert "No frame records or summaries" not in page
 
     # The fraction plot counts every frame once: 420 s and 100 s at 5 fps, from the summaries or the frame records.

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from certificates import OPENSSL, openssl, self_signed
 from daemon_proc import Daemon, free_port, replies, reply_json, wait_for
 
 mqtt = pytest.importorskip("paho.mqtt.client")
@@ -28,7 +29,6 @@ from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
 MOSQUITTO = shutil.which("mosquitto") or next((p for p in ("/usr/sbin/mosquitto",) if os.access(p, os.X_OK)), None)
 MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd")
-OPENSSL = shutil.which("openssl")
 USER = "picamd"
 PASSWORD = "s3cret-broker-Pa55-never-shown"
 WRONG = "wrong-Pa55-also-never-shown"
@@ -36,32 +36,14 @@ CAMERA = "authcam"
 AVAILABLE = f"picamd/{CAMERA}/available"
 
 
-def openssl(*args: str, cwd: Path) -> None:
-    done = subprocess.run([str(OPENSSL), *args], cwd=cwd, capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-
-
 def make_certificates(folder: Path) -> tuple[Path, Path, Path]:
     """A throwaway CA and a server certificate for 127.0.0.1 and localhost signed by it; returns (ca, cert, key)."""
-    openssl(
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.crt",
-        "-days",
-        "2",
-        "-subj",
+    self_signed(
+        folder / "ca.key",
+        folder / "ca.crt",
         "/CN=picamd test CA",
-        "-addext",
         "basicConstraints=critical,CA:TRUE",
-        "-addext",
         "keyUsage=critical,keyCertSign,cRLSign",
-        cwd=folder,
     )
     openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost", cwd=folder)
     (folder / "server.ext").write_text(

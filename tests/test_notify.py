@@ -7,9 +7,7 @@ import email
 import email.policy
 import json
 import logging
-import shutil
 import socket
-import subprocess
 import threading
 import time
 from collections import deque
@@ -21,6 +19,7 @@ import numpy as np
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult
+from certificates import OPENSSL, self_signed
 from daemon_proc import free_port
 
 from daemon.commands import Registry, Session
@@ -533,32 +532,10 @@ def test_email_misconfiguration_fails_clearly_without_sending(mail, rig_factory,
 
 @pytest.fixture
 def tls_files(tmp_path):
-    if shutil.which("openssl") is None:
+    if OPENSSL is None:
         pytest.skip("openssl CLI not available to make a test certificate")
     key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-            "-days",
-            "2",
-            "-subj",
-            "/CN=localhost",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1,DNS:localhost",
-        ],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
+    self_signed(key, cert, "/CN=localhost", "subjectAltName=IP:127.0.0.1,DNS:localhost")
     return key, cert
 
 

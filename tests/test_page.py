@@ -15,7 +15,6 @@ import hashlib
 import json
 import re
 import shutil
-import socket
 import subprocess
 import time
 from html.parser import HTMLParser
@@ -23,9 +22,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from browser import needs_chromium, page_dom
 from daemon_proc import Daemon, replies, reply_json, wait_for
 from images import decode_jpeg
 from rigs import HttpRig, request
+from stream_reader import split_parts, stream_bytes
 
 from daemon import web
 from daemon.capture.ring import FrameMeta
@@ -40,29 +41,6 @@ WEB = Path(web.__file__).parent
 PAGE_JS = WEB / "page.js"
 NODE = shutil.which("node")
 needs_node = pytest.mark.skipif(NODE is None, reason="node is not installed")
-CHROMIUM = next((p for p in (shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome")) if p), None)
-needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed")
-
-
-def page_dom(port: int, budget_ms: int = 6000) -> str:
-    """The page's DOM after it has run for `budget_ms` of virtual time in headless Chromium (streaming frames meanwhile)."""
-    proc = subprocess.run(
-        [
-            CHROMIUM or "chromium",
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-            f"--virtual-time-budget={budget_ms}",
-            "--dump-dom",
-            f"http://127.0.0.1:{port}/",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=90,
-    )
-    assert proc.returncode == 0 and "<html" in proc.stdout, proc.stderr[-2000:]
-    return proc.stdout
 
 
 def frame_meta(fid: int) -> FrameMeta:
@@ -83,41 +61,6 @@ def rig():
     r = HttpRig(frame_size=(W, H), ring_size=(W // 2, H // 2), ring_slots=8, meta=frame_meta).start()
     yield r
     r.stop()
-
-
-def stream_bytes(port: int, parts: int = 4) -> bytes:
-    """The raw body of /stream until `parts` whole parts have arrived (the response head removed)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=15) as sock:
-        sock.sendall(b"GET /stream HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
-        data = b""
-        while True:
-            chunk = sock.recv(65536)
-            assert chunk, "the stream ended early"
-            data += chunk
-            head, sep, body = data.partition(b"\r\n\r\n")
-            if sep and len(split_parts(body)) >= parts:
-                assert head.startswith(b"HTTP/1.0 200") and b"boundary=frame" in head
-                return body
-
-
-def split_parts(body: bytes) -> list[tuple[dict[str, str], bytes]]:
-    """Whole parts of a multipart/x-mixed-replace body, read by Content-Length (independently of the page's reader)."""
-    parts: list[tuple[dict[str, str], bytes]] = []
-    pos = 0
-    while True:
-        start = body.find(b"--frame\r\n", pos)
-        end = body.find(b"\r\n\r\n", start)
-        if start < 0 or end < 0:
-            return parts
-        headers: dict[str, str] = {}
-        for line in body[start + 9 : end].decode("ascii").split("\r\n"):
-            name, _, value = line.partition(":")
-            headers[name.strip().lower()] = value.strip()
-        length = int(headers["content-length"])
-        if len(body) < end + 4 + length:
-            return parts
-        parts.append((headers, body[end + 4 : end + 4 + length]))
-        pos = end + 4 + length
 
 
 class PageParser(HTMLParser):

@@ -9,7 +9,6 @@ import email
 import json
 import shutil
 import subprocess
-import threading
 import zipfile
 from pathlib import Path
 
@@ -17,27 +16,11 @@ import pytest
 from aiosmtpd.controller import Controller
 from daemon_proc import Daemon, free_port, replies, reply_json, wait_for
 from ptz_scene import SnapshotServer
+from smtp_mailbox import Mailbox
 from visca_sim import ViscaCamera
 
 TOKEN = "e2e-token-4711"
 PRESETS = [{"number": 1, "name": "Entrance"}, {"number": 2, "name": "Coffee bar"}, {"number": 3, "name": "Studio"}]
-
-
-class Mailbox:
-    def __init__(self) -> None:
-        self.messages: list = []
-        self.cond = threading.Condition()
-
-    async def handle_DATA(self, server, session, envelope):  # noqa: N802 (aiosmtpd's naming)
-        with self.cond:
-            self.messages.append(envelope)
-            self.cond.notify_all()
-        return "250 OK"
-
-    def wait_for(self, count: int) -> list:
-        with self.cond:
-            assert self.cond.wait_for(lambda: len(self.messages) >= count, 30), f"expected {count} mail(s), got {len(self.messages)}"
-            return list(self.messages)
 
 
 @pytest.fixture(scope="module")

@@ -22,6 +22,7 @@ from aiosmtpd.controller import Controller
 from daemon_proc import free_port, wait_for
 from images import read_image
 from ptz_scene import PEOPLE, FrameFeeder, SnapshotServer, photo, photo_of
+from smtp_mailbox import Mailbox
 from visca_sim import ViscaCamera
 
 from daemon.config import Config
@@ -401,18 +402,6 @@ class Recorder(BaseHTTPRequestHandler):
 
     def log_message(self, *args: object) -> None:
         pass
-
-
-class Mailbox:
-    def __init__(self) -> None:
-        self.messages: list = []
-        self.cond = threading.Condition()
-
-    async def handle_DATA(self, server, session, envelope):  # noqa: N802 (aiosmtpd's naming)
-        with self.cond:
-            self.messages.append(envelope)
-            self.cond.notify_all()
-        return "250 OK"
 
 
 def test_the_report_goes_out_by_email_mail_api_and_webhook_without_showing_the_token(rig_factory, caplog):

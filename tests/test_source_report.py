@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from daemon_proc import Daemon, replies, wait_for
+from stream_reader import split_parts, stream_bytes
 
 from daemon.config import Config
 from daemon.sources.base import SourceError
@@ -41,31 +41,6 @@ def broken_picamera2(folder: Path) -> Path:
     return pkg.parent
 
 
-def stream_parts(port: int, count: int) -> list[dict[str, str]]:
-    """The headers of the first `count` parts of /stream, read by Content-Length."""
-    with socket.create_connection(("127.0.0.1", port), timeout=15) as sock:
-        sock.sendall(b"GET /stream HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
-        data = b""
-        while True:
-            chunk = sock.recv(65536)
-            assert chunk, "the stream ended early"
-            data += chunk
-            parts, pos = [], data.find(b"\r\n\r\n") + 4
-            while True:
-                start = data.find(b"--frame\r\n", pos)
-                end = data.find(b"\r\n\r\n", start)
-                if start < 0 or end < 0:
-                    break
-                headers = dict(line.split(": ", 1) for line in data[start + 9 : end].decode("ascii").split("\r\n"))
-                body_end = end + 4 + int(headers["Content-Length"])
-                if body_end > len(data):
-                    break
-                parts.append(headers)
-                pos = body_end
-            if len(parts) >= count:
-                return parts[:count]
-
-
 def test_auto_falling_back_to_the_synthetic_scene_says_so_everywhere(tmp_path):
     site = broken_picamera2(tmp_path)
     d = Daemon(tmp_path, {"camera.device": str(tmp_path / "no-camera")}, source="auto", env={"PYTHONPATH": str(site)}).start()
@@ -80,8 +55,8 @@ def test_auto_falling_back_to_the_synthetic_scene_says_so_everywhere(tmp_path):
         status, headers, _ = d.http("/snapshot.jpg")
         assert status == 200 and headers["X-Source"] == "synthetic"
         assert json.loads(d.http("/meta")[2])["source"] == "synthetic"
-        parts = stream_parts(d.http_port, 5)
-        assert [p.get("X-Source") for p in parts] == ["synthetic"] * 5
+        parts = split_parts(stream_bytes(d.http_port, 5))[:5]
+        assert [head.get("x-source") for head, _ in parts] == ["synthetic"] * 5
         log = d.log()
         assert "WARNING picamd.app: source: synthetic scene (--source auto: picamera2 is installed but cannot be imported" in log
         if shutil.which("node"):  # the page's health badge, from this very report

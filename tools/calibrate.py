@@ -78,20 +78,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-TOOLS = Path(__file__).resolve().parent
-ROOT = TOOLS.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))  # run from a checkout or an installed copy without installing the package
+import toolenv
 
-try:
-    import cv2
-    import numpy as np
-    import yaml
-except ImportError as exc:  # the system Python, say: OpenCV and numpy are in the venv's
-    sys.exit(
-        f"{Path(__file__).name}: needs {exc.name or 'OpenCV'}, which {sys.executable} cannot import; run it with the venv's "
-        f"Python: .venv/bin/python tools/{Path(__file__).name} (make setup makes .venv; installed: /opt/picamd/.venv/bin/python)"
-    )
+toolenv.require(__file__, "cv2", "numpy", "yaml")
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+import yaml  # noqa: E402
 from client import StreamError, authorization, open_stream, read_parts, shown, stream_url  # noqa: E402
 
 from daemon.config import Config, ConfigError, parse_downscale  # noqa: E402

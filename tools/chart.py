@@ -58,19 +58,12 @@ from datetime import UTC
 from pathlib import Path
 from typing import Any
 
-TOOLS = Path(__file__).resolve().parent
-ROOT = TOOLS.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))  # run from a checkout or an installed copy without installing the package
+import toolenv
 
-try:
-    import cv2
-    import numpy as np
-except ImportError as exc:  # the system Python, say: OpenCV and numpy are in the venv's
-    sys.exit(
-        f"{Path(__file__).name}: needs {exc.name or 'OpenCV'}, which {sys.executable} cannot import; run it with the venv's "
-        f"Python: .venv/bin/python tools/{Path(__file__).name} (make setup makes .venv; installed: /opt/picamd/.venv/bin/python)"
-    )
+toolenv.require(__file__, "cv2", "numpy")
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
 
 from daemon.core.timefmt import format_duration  # noqa: E402
 from daemon.motion.log import DEEP_SLEEP_LOG, FRAME_PREFIX, STATE_LOG, SUMMARY_PREFIX  # noqa: E402

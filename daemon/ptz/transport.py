@@ -82,10 +82,12 @@ class Transport(ABC):
     protocol = ""
     default_port = 0
     by_sequence = False  # replies carry the request's sequence number
+    unopened = "not open"  # what sending or receiving says when there is no socket
 
     def __init__(self, host: str, port: int) -> None:
         self.host = host
         self.port = port or self.default_port
+        self._sock: socket.socket | None = None
 
     def describe(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
@@ -110,6 +112,34 @@ class Transport(ABC):
     def send_reset(self, seq: int) -> None:  # noqa: B027 - only the IP transport has something to do
         """Over IP: the control command that resets the camera's sequence counter. Nothing to do over TCP."""
 
+    def _socket(self) -> socket.socket:
+        sock = self._sock
+        if sock is None:
+            raise LinkDown(f"{self.describe()}: {self.unopened}")
+        return sock
+
+    def _transmit(self, data: bytes) -> None:
+        """All of `data` out of the socket (one datagram over UDP); raises LinkDown."""
+        sock = self._socket()
+        try:
+            sock.sendall(data)
+        except OSError as exc:
+            raise LinkDown(f"{self.describe()}: sending failed: {_reason(exc)}") from None
+
+    def _recv(self, size: int, timeout: float) -> bytes | None:
+        """Up to `size` bytes, None when nothing came within `timeout`; raises LinkDown saying `_lost(exc)` when the socket fails."""
+        sock = self._socket()
+        try:
+            sock.settimeout(timeout)
+            return sock.recv(size)
+        except TimeoutError:
+            return None
+        except OSError as exc:
+            raise LinkDown(f"{self.describe()}: {self._lost(exc)}") from None
+
+    def _lost(self, exc: OSError) -> str:
+        return f"connection lost: {_reason(exc)}"
+
 
 def _reason(exc: OSError) -> str:
     return exc.strerror or str(exc) or type(exc).__name__
@@ -118,10 +148,10 @@ def _reason(exc: OSError) -> str:
 class TcpTransport(Transport):
     protocol = "visca-tcp"
     default_port = TCP_PORT
+    unopened = "not connected"
 
     def __init__(self, host: str, port: int) -> None:
         super().__init__(host, port)
-        self._sock: socket.socket | None = None
         self._buffer = bytearray()
 
     def open(self, timeout: float) -> None:
@@ -145,25 +175,12 @@ class TcpTransport(Transport):
             sock.close()
 
     def send(self, packet: bytes, *, inquiry: bool = False, seq: int | None = None) -> None:
-        sock = self._sock
-        if sock is None:
-            raise LinkDown(f"{self.describe()}: not connected")
-        try:
-            sock.sendall(packet)
-        except OSError as exc:
-            raise LinkDown(f"{self.describe()}: sending failed: {_reason(exc)}") from None
+        self._transmit(packet)
 
     def receive(self, timeout: float) -> list[Incoming]:
-        sock = self._sock
-        if sock is None:
-            raise LinkDown(f"{self.describe()}: not connected")
-        try:
-            sock.settimeout(timeout)
-            data = sock.recv(4096)
-        except TimeoutError:
+        data = self._recv(4096, timeout)
+        if data is None:
             return []
-        except OSError as exc:
-            raise LinkDown(f"{self.describe()}: connection lost: {_reason(exc)}") from None
         if not data:
             raise LinkDown(f"{self.describe()}: the camera closed the connection")
         self._buffer += data
@@ -178,10 +195,6 @@ class UdpTransport(Transport):
     protocol = "visca-udp"
     default_port = UDP_PORT
     by_sequence = True
-
-    def __init__(self, host: str, port: int) -> None:
-        super().__init__(host, port)
-        self._sock: socket.socket | None = None
 
     def open(self, timeout: float) -> None:
         self.close()
@@ -201,34 +214,21 @@ class UdpTransport(Transport):
         if sock is not None:
             sock.close()
 
-    def _send(self, datagram: bytes) -> None:
-        sock = self._sock
-        if sock is None:
-            raise LinkDown(f"{self.describe()}: not open")
-        try:
-            sock.send(datagram)
-        except OSError as exc:
-            raise LinkDown(f"{self.describe()}: sending failed: {_reason(exc)}") from None
-
     def send(self, packet: bytes, *, inquiry: bool = False, seq: int | None = None) -> None:
-        self._send(pack_ip(TYPE_INQUIRY if inquiry else TYPE_COMMAND, seq or 0, packet))
+        self._transmit(pack_ip(TYPE_INQUIRY if inquiry else TYPE_COMMAND, seq or 0, packet))
 
     def send_reset(self, seq: int) -> None:
-        self._send(pack_ip(TYPE_CONTROL, seq, RESET_PAYLOAD))
+        self._transmit(pack_ip(TYPE_CONTROL, seq, RESET_PAYLOAD))
+
+    def _lost(self, exc: OSError) -> str:
+        if isinstance(exc, ConnectionRefusedError):
+            return "nothing listens there (port unreachable)"
+        return _reason(exc)
 
     def receive(self, timeout: float) -> list[Incoming]:
-        sock = self._sock
-        if sock is None:
-            raise LinkDown(f"{self.describe()}: not open")
-        try:
-            sock.settimeout(timeout)
-            datagram = sock.recv(2048)
-        except TimeoutError:
+        datagram = self._recv(2048, timeout)
+        if datagram is None:
             return []
-        except ConnectionRefusedError:
-            raise LinkDown(f"{self.describe()}: nothing listens there (port unreachable)") from None
-        except OSError as exc:
-            raise LinkDown(f"{self.describe()}: {_reason(exc)}") from None
         ptype, seq, payload = unpack_ip(datagram)
         if ptype in (TYPE_CONTROL, TYPE_CONTROL_REPLY):
             return [Incoming(payload, seq, control=True)]

@@ -51,6 +51,38 @@ class CameraJpeg(Protocol):
         ...
 
 
+def night_applied(
+    mode: str,
+    exposure_us: int,
+    gain: float,
+    *,
+    requested: tuple[int, float],
+    notes: list[str],
+    note: str,
+    frame_interval_s: float | None,
+    max_frame_interval_s: float,
+    frame_duration_limits_us: list[int] | None = None,
+) -> dict[str, Any]:
+    """What `apply_night` returns once a camera switched to night: what it applied, what was asked (`requested`:
+    exposure and gain), whether and why (`notes`) it clamped; `note` says how the camera exposes in `mode`."""
+    result: dict[str, Any] = {
+        "night": True,
+        "applied": True,
+        "mode": mode,
+        "exposure_us": exposure_us,
+        "gain": gain,
+        "requested_exposure_us": int(requested[0]),
+        "requested_gain": float(requested[1]),
+        "clamped": bool(notes),
+    }
+    if frame_duration_limits_us is not None:
+        result["frame_duration_limits_us"] = frame_duration_limits_us
+    result["frame_interval_s"] = None if frame_interval_s is None else round(frame_interval_s, 6)
+    result["max_frame_interval_s"] = round(max_frame_interval_s, 6)
+    result["note"] = "; ".join([note] + notes)
+    return result
+
+
 class Source(ABC):
     #: short name shown in logs and health ("synthetic", "picamera2", "opencv")
     name: str = "source"

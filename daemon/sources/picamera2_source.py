@@ -60,7 +60,7 @@ from daemon.config import ring_frame_size
 from daemon.core.latest import HandoffFailed, Latest
 from daemon.core.worker import Worker
 
-from .base import CameraJpeg, Source, SourceError
+from .base import CameraJpeg, Source, SourceError, night_applied
 from .picamera2_jpeg import Picamera2Jpeg
 
 log = logging.getLogger("picamd.picamera2")
@@ -627,20 +627,17 @@ class Picamera2Source(Source):
         for n in notes:
             log.warning("Pi camera %d: %s", self._num, n)
         log.info("Pi camera %d: switching to night %s mode, exposure %d us, gain %g", self._num, mode, exp, g)
-        return {
-            "night": True,
-            "applied": True,
-            "mode": mode,
-            "exposure_us": exp,
-            "gain": g,
-            "requested_exposure_us": int(exposure_us),
-            "requested_gain": float(gain),
-            "clamped": bool(notes),
-            "frame_duration_limits_us": [frame_lo, max(frame_lo, frame_hi)],
-            "frame_interval_s": round(max(1.0 / self._fps, exp / 1e6), 6) if mode == "still" else None,
-            "max_frame_interval_s": round(max(frame_lo, frame_hi) / 1e6, 6),
-            "note": "; ".join([note] + notes),
-        }
+        return night_applied(
+            mode,
+            exp,
+            g,
+            requested=(exposure_us, gain),
+            notes=notes,
+            note=note,
+            frame_duration_limits_us=[frame_lo, max(frame_lo, frame_hi)],
+            frame_interval_s=max(1.0 / self._fps, exp / 1e6) if mode == "still" else None,
+            max_frame_interval_s=max(frame_lo, frame_hi) / 1e6,
+        )
 
     def _clamp(self, exposure_us: int, gain: float) -> tuple[int, float, list[str]]:
         """Exposure and gain within what the sensor reports (once it has been opened), with notes on what was cut."""

@@ -49,7 +49,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .base import Source, SourceError
+from .base import Source, SourceError, night_applied
 
 log = logging.getLogger("picamd.synthetic")
 
@@ -490,20 +490,16 @@ class SyntheticSource(Source):
             else:
                 self._exposure_cap_us, self._gain_cap = exp, g
                 note = "auto-exposure up to the long exposure"
-            interval = max(1.0 / self._fps, exp / 1e6) if mode == "still" else None
-            result = {
-                "night": True,
-                "applied": True,
-                "mode": mode,
-                "exposure_us": exp,
-                "gain": g,
-                "requested_exposure_us": int(exposure_us),
-                "requested_gain": float(gain),
-                "clamped": bool(notes),
-                "frame_interval_s": None if interval is None else round(interval, 6),
-                "max_frame_interval_s": round(max(1.0 / self._fps, exp / 1e6), 6),
-                "note": "; ".join([note] + notes),
-            }
+            result = night_applied(
+                mode,
+                exp,
+                g,
+                requested=(exposure_us, gain),
+                notes=notes,
+                note=note,
+                frame_interval_s=max(1.0 / self._fps, exp / 1e6) if mode == "still" else None,
+                max_frame_interval_s=max(1.0 / self._fps, exp / 1e6),
+            )
         for n in notes:
             log.warning("synthetic camera: %s", n)
         log.info("synthetic camera night %s mode: exposure %d us, gain %.1f", mode, exp, g)

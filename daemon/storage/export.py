@@ -136,6 +136,10 @@ def _sidecar_json(doc: dict[str, Any]) -> bytes:
     return (text + "\n").encode()
 
 
+#: One file of a capture and what fills it (write_group's item): its bytes, or a writer of its temp file.
+_Item = tuple[Path, bytes | Callable[[str], None]]
+
+
 def _mover(src: Path) -> Callable[[str], None]:
     """What write_atomic calls to fill its temp file with a file finished elsewhere (a clip): a rename, no copy."""
     return lambda tmp: os.replace(src, tmp)
@@ -257,24 +261,17 @@ class Exporter:
         sizes = [len(data) if isinstance(data, bytes) else data.stat().st_size for _, data in files]
         day, stamp = capture_stamp(ts)
         meta = FrameMeta(frame_id, ts, time.monotonic())
-        with self._write_lock:
-            base = self.base_dir
-            day_dir = base / day
-            try:
-                stem = unique_stem(day_dir, f"{stamp}_f{frame_id}_{kind}")
-                paths = [day_dir / f"{stem}.{ext}" for ext, _ in files]
-                # A temp file to move in already takes its room on the disk: the free-space check counts it twice, erring safe.
-                self._store(
-                    base,
-                    [(path, data if isinstance(data, bytes) else _mover(data)) for (_, data), path in zip(files, paths, strict=True)],
-                    sizes,
-                )
-            except Exception as exc:
-                err = self._save_failed(exc, base)
-                if err is exc:
-                    raise
-                raise err from exc
-            self._after_save(paths, kind, meta, f"{day}/{stem}")
+
+        def group(day_dir: Path, stem: str) -> tuple[list[Path], list[_Item], list[int]]:
+            paths = [day_dir / f"{stem}.{ext}" for ext, _ in files]
+            # A temp file to move in already takes its room on the disk: the free-space check counts it twice, erring safe.
+            return (
+                paths,
+                [(path, data if isinstance(data, bytes) else _mover(data)) for (_, data), path in zip(files, paths, strict=True)],
+                sizes,
+            )
+
+        paths = self._save_group(day, f"{stamp}_f{frame_id}_{kind}", kind, meta, group)
         log.info("saved %s (%s)", ", ".join(str(p) for p in paths), kind)
         self._bus.publish("export.saved", capture_kind=kind, paths=[str(p) for p in paths], frame_id=frame_id, frames=frames)
         return paths
@@ -438,25 +435,17 @@ class Exporter:
             self._failed_write(exc)
             raise
         day, stamp = capture_stamp(meta.ts)
-        base_stem = f"{stamp}_f{meta.frame_id}_{kind}"
-        with self._write_lock:
-            base = self.base_dir
-            day_dir = base / day
-            try:
-                stem = unique_stem(day_dir, base_stem)
-                images = [day_dir / f"{stem}.{e.ext}" for e in encoded]
-                items: list[tuple[Path, bytes | Callable[[str], None]]] = [(path, e.data) for path, e in zip(images, encoded, strict=True)]
-                if self._cfg.sidecar if sidecar is None else sidecar:
-                    # last: once the sidecar is there, so is every image of the capture
-                    items.append((day_dir / f"{stem}.json", self._sidecar(meta, how, images, image, fmts)))
-                sizes = [e.size for e in encoded] + [len(data) for _, data in items[len(encoded) :] if isinstance(data, bytes)]
-                self._store(base, items, sizes)
-            except Exception as exc:
-                err = self._save_failed(exc, base)
-                if err is exc:
-                    raise
-                raise err from exc
-            self._after_save(images, kind, meta, f"{day}/{stem}")
+
+        def group(day_dir: Path, stem: str) -> tuple[list[Path], list[_Item], list[int]]:
+            images = [day_dir / f"{stem}.{e.ext}" for e in encoded]
+            items: list[_Item] = [(path, e.data) for path, e in zip(images, encoded, strict=True)]
+            if self._cfg.sidecar if sidecar is None else sidecar:
+                # last: once the sidecar is there, so is every image of the capture
+                items.append((day_dir / f"{stem}.json", self._sidecar(meta, how, images, image, fmts)))
+            sizes = [e.size for e in encoded] + [len(data) for _, data in items[len(encoded) :] if isinstance(data, bytes)]
+            return images, items, sizes
+
+        images = self._save_group(day, f"{stamp}_f{meta.frame_id}_{kind}", kind, meta, group)
         log.info(
             "saved %s (%s)",
             ", ".join(str(p) for p in images),
@@ -464,6 +453,26 @@ class Exporter:
         )
         self._bus.publish("export.saved", capture_kind=kind, paths=[str(p) for p in images], frame_id=meta.frame_id, frames=how["frames"])
         return images
+
+    def _save_group(
+        self, day: str, base_stem: str, kind: str, meta: FrameMeta, group: Callable[[Path, str], tuple[list[Path], list[_Item], list[int]]]
+    ) -> list[Path]:
+        """Store one capture under the write lock: `group(day folder, free stem)` gives the paths it stands for, the
+        files to write and their sizes. A failure is counted and degrades (ExportError); returns the paths."""
+        with self._write_lock:
+            base = self.base_dir
+            day_dir = base / day
+            try:
+                stem = unique_stem(day_dir, base_stem)
+                paths, items, sizes = group(day_dir, stem)
+                self._store(base, items, sizes)
+            except Exception as exc:
+                err = self._save_failed(exc, base)
+                if err is exc:
+                    raise
+                raise err from exc
+            self._after_save(paths, kind, meta, f"{day}/{stem}")
+        return paths
 
     def _after_save(self, paths: list[Path], kind: str, meta: FrameMeta, capture: str) -> None:
         """A capture is stored (under the write lock): count it, then keep the limits, never deleting `capture` itself."""
@@ -488,7 +497,7 @@ class Exporter:
         doc["capture"] = capture
         return _sidecar_json(doc)
 
-    def _store(self, base: Path, items: list[tuple[Path, bytes | Callable[[str], None]]], sizes: list[int]) -> None:
+    def _store(self, base: Path, items: list[_Item], sizes: list[int]) -> None:
         """Make room for a capture and write its files so that they appear together. Called with the write lock held."""
         base.mkdir(parents=True, exist_ok=True)
         if self._lock.base != base:
