@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from daemon_proc import Daemon, replies, reply_json
 
-from daemon.sources.synthetic import MACHINE_RECT_FRAC
+from daemon.sources.scene import MACHINE_RECT_FRAC
 
 
 class HangingWebhook:

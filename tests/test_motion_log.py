@@ -22,7 +22,7 @@ from daemon.core.bus import EventBus
 from daemon.core.status import ComponentStatus
 from daemon.motion import Motion
 from daemon.motion.log import MotionLog
-from daemon.sources.synthetic import MACHINE_RECT_FRAC
+from daemon.sources.scene import MACHINE_RECT_FRAC
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -36,7 +36,7 @@ from daemon_proc import Daemon, free_port, replies, reply_json, wait_for
 from daemon.mqtt.discovery import REQUIRED
 from daemon.mqtt.messages import HEALTH_KEYS
 from daemon.mqtt.outbox import Message, Outbox
-from daemon.sources.synthetic import MACHINE_RECT_FRAC
+from daemon.sources.scene import MACHINE_RECT_FRAC
 
 mqtt = pytest.importorskip("paho.mqtt.client")
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402

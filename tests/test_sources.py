@@ -18,19 +18,9 @@ from daemon.config import Config
 from daemon.sources.base import SourceError
 from daemon.sources.opencv_source import OpenCVSource, classify_device, redact_url
 from daemon.sources.picamera2_source import Picamera2Source
+from daemon.sources.scene import MACHINE_RECT_FRAC, MACHINE_RUN_S, MACHINE_STOP_S, NIGHT_LIGHT, machine_running_at, scene_light
 from daemon.sources.select import build_source, list_cameras, probe_opencv
-from daemon.sources.synthetic import (
-    DAY_EXPOSURE_US,
-    MACHINE_RECT_FRAC,
-    MACHINE_RUN_S,
-    MACHINE_STOP_S,
-    MAX_EXPOSURE_US,
-    MAX_GAIN,
-    NIGHT_LIGHT,
-    SyntheticSource,
-    machine_running_at,
-    scene_light,
-)
+from daemon.sources.synthetic import DAY_EXPOSURE_US, MAX_EXPOSURE_US, MAX_GAIN, SyntheticSource
 
 sys.path.insert(0, str(Path(__file__).parent))
 import fake_picamera2  # noqa: E402

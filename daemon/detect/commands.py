@@ -19,7 +19,8 @@ from .base import DetectorUnavailable
 if TYPE_CHECKING:
     from daemon.storage.export import Exporter
 
-    from .service import Detection, DetectionResult
+    from .result import DetectionResult
+    from .service import Detection
 
 log = logging.getLogger("picamd.detect")
 

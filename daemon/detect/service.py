@@ -18,26 +18,16 @@ between frames and the command waits with a timeout. A missing runtime or
 model leaves the daemon running without detection: one log line, and
 `health` says why (degraded only while detection is wanted).
 
-Results carry the id and time of the frame they were computed on. The newest
-is a `Latest`; the capture loop's cheap `process` stage copies its compact
-form into each frame's `meta.extra` (`detections`, `people`), which is how
-the MJPEG parts get `X-Detections` and `X-People` and /meta and sidecars get
-them too, with boxes already in the stream's pixels. A tracker gives people
-ids across frames and the events `detect.person` (a new track after
-`detect.dwell_s`), `detect.count` (the count changed) and `detect.clear` (no
-one for `detect.clear_s`); groups come from DBSCAN over foot points. Tracks
-also end by the clock: one not seen for `detect.clear_s` is dropped in the
-worker's own step, so a scene gone still (no inference runs) still ends its
-tracks, the count falls to zero and `detect.clear` follows.
-
-A `detect.person` carries what an alert needs: the frame's detections,
-groups and the count, and the annotated full-resolution JPEG as an event
-attachment (encoded here, on the detection thread: the capture loop never
-waits for it), which only the alerts channel keeps. With `detect.evidence`
-the same picture (kind `autodetect`) and a clip of the ring from
-`detect.clip_pre_s` before to `detect.clip_post_s` after go into the captures,
-written by the clip recorder's thread; one clip at a time, so a person found
-while a clip is being written gets the picture only.
+Results (`result.py`) carry the id and time of the frame they were computed
+on. The newest is a `Latest`; the capture loop's cheap `process` stage
+copies its compact form into each frame's `meta.extra` (`detections`,
+`people`), which is how the MJPEG parts get `X-Detections` and `X-People`
+and /meta and sidecars get them too, with boxes already in the stream's
+pixels; groups in them come from DBSCAN over foot points (`groups.py`).
+What the results mean for people (tracks, the `detect.person`,
+`detect.count` and `detect.clear` events, the evidence kept) is
+`events.py`'s: the worker feeds it every live result and lets it age the
+tracks by the clock in each step.
 """
 
 from __future__ import annotations
@@ -46,12 +36,11 @@ import collections
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-import cv2
 import numpy as np
 
 from daemon.capture.ring import FrameMeta, LatestSlot, Ring
@@ -61,14 +50,14 @@ from daemon.core.histogram import Histogram
 from daemon.core.latest import Latest
 from daemon.core.status import ComponentStatus
 from daemon.core.worker import Worker
-from daemon.storage.clips import ClipBusy, ClipError, ClipJob
 
 from . import builtin_labels, builtin_model
 from .annotate import draw_detections
 from .base import BackendRegistry, Detector, DetectorOptions, DetectorUnavailable, DetectResult, default_registry
+from .events import PeopleEvents
 from .gate import ChangeGate, zone_fractions
 from .groups import GroupFinder
-from .tracker import Track, Tracker
+from .result import DetectionResult
 
 if TYPE_CHECKING:
     from daemon.commands import Registry
@@ -90,62 +79,12 @@ RELOAD_KEYS = (
     "detect.zone",
 )
 GROUP_KEYS = ("detect.groups", "detect.group_eps", "detect.group_min_samples")
-#: Most detections put in a frame's metadata (a header line stays short; /detections has them all).
-HEADER_MAX_DETECTIONS = 50
-#: The attachment key of the annotated JPEG on `detect.person` (notify/alerts.py reads it).
-IMAGE_ATTACHMENT = "jpeg"
 
 
 class RegionStates(Protocol):
     """What the regions gate reads from Motion."""
 
     def region_states(self) -> list[dict[str, Any]]: ...
-
-
-@dataclass(frozen=True)
-class DetectionResult:
-    """The detections of one frame, with the frame's id and time and what the run cost."""
-
-    frame_id: int
-    ts: float  # wall clock of the frame
-    mono: float  # monotonic time of the frame
-    frame_size: tuple[int, int]  # width, height of the frame the boxes are in
-    detections: list[dict[str, Any]]  # label, class_id, score, box, track (0: not tracked)
-    people: int
-    tracked: int  # confirmed person tracks after this frame
-    groups: dict[str, Any] | None
-    inference_ms: float
-    total_ms: float
-    trigger: str  # the gate that opened (motion, regions, always), on, or request
-    computed_ts: float = field(default_factory=time.time)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "frame_id": self.frame_id,
-            "ts": round(self.ts, 6),
-            "frame": list(self.frame_size),
-            "people": self.people,
-            "tracked": self.tracked,
-            "detections": self.detections,
-            "groups": self.groups,
-            "inference_ms": round(self.inference_ms, 2),
-            "total_ms": round(self.total_ms, 2),
-            "trigger": self.trigger,
-            "computed_ts": round(self.computed_ts, 3),
-        }
-
-    def compact(self, size: tuple[int, int]) -> dict[str, Any]:
-        """The header form, boxes as whole pixels of a frame of `size`: f frame id, t time, s size,
-        d [[x1, y1, x2, y2, score, label, track], ...], and with groups g, each a list of indices into d."""
-        sx, sy = size[0] / max(1, self.frame_size[0]), size[1] / max(1, self.frame_size[1])
-        boxes = []
-        for d in self.detections[:HEADER_MAX_DETECTIONS]:
-            x1, y1, x2, y2 = d["box"]
-            boxes.append([round(x1 * sx), round(y1 * sy), round(x2 * sx), round(y2 * sy), round(d["score"], 2), d["label"], d["track"]])
-        out = {"f": self.frame_id, "t": round(self.ts, 3), "s": [int(size[0]), int(size[1])], "d": boxes}
-        if self.groups is not None:
-            out["g"] = [[i for i in members if i < len(boxes)] for members in self.groups.get("members", [])]
-        return out
 
 
 @dataclass(frozen=True)
@@ -199,7 +138,6 @@ class Detection:
         self.full_size = (int(full_size[0]), int(full_size[1]))
         self._stream_resolution = stream_resolution
         self.saver = saver
-        self._clips = clips
         self._registry = registry or default_registry()
         self._wake = threading.Event()
         self._worker = Worker("detect", self._step, status=status, error_pause_s=1.0, on_stop=self._wake.set)
@@ -209,15 +147,12 @@ class Detection:
         self._detector: Detector | None = None
         self._facts: dict[str, Any] | None = None
         self._reason: str | None = None  # why detection cannot run, until a change of settings
-        self._tracker = Tracker(dwell_s=float(cfg.dwell_s))
         self._groups: GroupFinder | None = None
         self._change = ChangeGate()
         self._results = Latest[DetectionResult]()
         self._tag: _Tag | None = None
         self._last_seen_id = -1
         self._next_due = 0.0
-        self._zero_since: float | None = None  # monotonic time the tracked count fell to zero
-        self._tracked = 0  # confirmed live tracks now (the worker sets it; anyone reads it)
         self._request_lock = threading.Lock()  # one `detect` command at a time
         self._pending: _Request | None = None
         self._stats_lock = threading.Lock()
@@ -226,8 +161,7 @@ class Detection:
         self._skipped: collections.Counter[str] = collections.Counter()
         self._errors = 0
         self._inference_s = Histogram()  # for /metrics: how long the model takes, run after run
-        self._event_counts: collections.Counter[str] = collections.Counter()
-        self._events: collections.deque[dict[str, Any]] = collections.deque(maxlen=int(cfg.events_keep))
+        self._people = PeopleEvents(cfg, bus, status, clips, on_empty=self._drop_tag)
         cfg.on_change(self._on_config)
 
     # -- lifecycle
@@ -308,8 +242,8 @@ class Detection:
             self._regroup = False
             self._groups = GroupFinder(float(self._cfg.group_eps), int(self._cfg.group_min_samples)) if self._cfg.groups else None
         self._refresh_status(mode)
-        self._age_tracks()
-        self._check_clear()
+        self._people.age()
+        self._people.check_clear()
         if self._detector is None:
             self._wait(0.5)
             return
@@ -454,8 +388,7 @@ class Detection:
                 self._errors += 1
             raise
         self._inference_s.observe(found.inference_ms / 1e3)
-        self._tracker.dwell_s = float(self._cfg.dwell_s)
-        update = self._tracker.update(found.detections, float(meta.mono))
+        update = self._people.track(found.detections, float(meta.mono))
         groups = self._groups.find(found.detections).to_dict() if self._groups is not None else None
         dets = []
         for det, track in zip(found.detections, update.ids, strict=True):
@@ -479,125 +412,11 @@ class Detection:
         self._results.put(result)
         ring_size = (self._ring.shape[1], self._ring.shape[0])
         self._tag = _Tag(result.compact(result.frame_size), result.compact(ring_size), people)
-        self._tracked = update.count
-        self._announce(update.new, update.count, update.previous_count, result, frame, meta)
+        self._people.announce(update, result, frame, meta)
         return result
 
-    # -- events
-    def _announce(
-        self, new: Sequence[Track], count: int, previous: int, result: DetectionResult, frame: np.ndarray, meta: FrameMeta
-    ) -> None:
-        where: dict[str, Any] = {"frame_id": result.frame_id, "frame_ts": round(result.ts, 3)}
-        if new:
-            jpeg = self._annotated_jpeg(frame, result)
-            attachments = {IMAGE_ATTACHMENT: jpeg} if jpeg else {}
-            seen = {
-                "detections": [{k: d[k] for k in ("label", "score", "box", "track")} for d in result.detections],
-                "groups": None if result.groups is None else {k: v for k, v in result.groups.items() if k != "members"},
-                "frame_size": list(result.frame_size),
-            }
-            for track in new:
-                self._event(
-                    "detect.person",
-                    attachments,
-                    track=track.id,
-                    label=track.label,
-                    score=round(track.score, 4),
-                    box=[round(v, 1) for v in track.box],
-                    people=count,
-                    **where,
-                    **seen,
-                )
-                log.info("person detected (track %d, score %.2f) on frame %d; %d tracked", track.id, track.score, result.frame_id, count)
-            self._keep_evidence(jpeg, result, meta, [t.id for t in new])
-        if count != previous:
-            self._event("detect.count", count=count, previous=previous, people=result.people, **where)
-        if count > 0:
-            self._zero_since = None
-        elif previous > 0:
-            self._zero_since = result.mono
-
-    def _annotated_jpeg(self, frame: np.ndarray, result: DetectionResult) -> bytes:
-        """The full-resolution frame with the boxes drawn, as a JPEG at export.jpeg_quality (b"" if it cannot be encoded)."""
-        image = draw_detections(frame, result.detections, result.frame_size)
-        quality = int(self._cfg.config.get("export.jpeg_quality"))  # the pictures the captures hold, so alerts match them
-        ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
-        if not ok:
-            self.status.error(f"cannot encode the annotated frame {result.frame_id} as JPEG")
-            return b""
-        return buf.tobytes()
-
-    def _keep_evidence(self, jpeg: bytes, result: DetectionResult, meta: FrameMeta, tracks: list[int]) -> None:
-        """With detect.evidence: the annotated picture and a clip of the ring, handed to the clip recorder's thread."""
-        if not self._cfg.evidence or self._clips is None:
-            return
-        detection = result.to_dict()
-        if jpeg:
-            self._clips.save_still(
-                jpeg,
-                meta,
-                {
-                    "kind": "autodetect",
-                    "method": "annotated",
-                    "frames": 1,
-                    "frame_id": meta.frame_id,
-                    "source": "full",
-                    "source_size": list(result.frame_size),
-                    "trigger": "detect.person",
-                    "tracks": tracks,
-                    "detection": detection,
-                },
-            )
-        job = ClipJob(
-            meta, float(self._cfg.clip_pre_s), float(self._cfg.clip_post_s), "detect.person", {"tracks": tracks, "detection": detection}
-        )
-        try:
-            self._clips.submit(job)
-        except ClipBusy:
-            log.info("no clip for track(s) %s: a clip is being written (the picture is saved)", ", ".join(map(str, tracks)))
-        except ClipError as exc:
-            log.warning("no clip for track(s) %s: %s", ", ".join(map(str, tracks)), exc)
-
-    def _age_tracks(self) -> None:
-        """End the tracks not seen for detect.clear_s, by the clock: a still scene runs no inference to end them.
-
-        Never sooner than the tracker's own rule would in a moving scene (max_missed updates at detect.max_fps),
-        so a person in view between two inferences keeps their track."""
-        if not self._tracker.tracks:
-            return
-        age = max(float(self._cfg.clear_s), (self._tracker.max_missed + 1) / float(self._cfg.max_fps))
-        now = time.monotonic()
-        ended = self._tracker.expire(now, age)
-        previous, count = self._tracked, self._tracker.count
-        if not ended or count == previous:
-            return
-        if count == 0:
-            self._tag = None  # first, so nothing that reads the count as 0 can still see boxes on new frames
-        self._tracked = count
-        last_seen = max(t.last_seen for t in ended)
-        self._event("detect.count", count=count, previous=previous, ended=[t.id for t in ended], unseen_s=round(now - last_seen, 1))
-        log.info("track(s) %s not seen for %.0f s: ended; %d tracked", ", ".join(str(t.id) for t in ended), age, count)
-        if count == 0:
-            self._zero_since = last_seen  # quiet since the last sighting, so detect.clear follows at once
-
-    def _check_clear(self) -> None:
-        since = self._zero_since
-        if since is None:
-            return
-        # Frame times and the clock are both monotonic: the quiet time counts even while the gate stays shut.
-        if time.monotonic() - since >= float(self._cfg.clear_s):
-            self._zero_since = None
-            self._event("detect.clear", quiet_s=round(time.monotonic() - since, 1))
-            log.info("no one detected for %.0f s", self._cfg.clear_s)
-
-    def _event(self, kind: str, attachments: dict[str, bytes] | None = None, **data: Any) -> None:
-        event = self._bus.publish(kind, attachments, **data)
-        with self._stats_lock:
-            keep = int(self._cfg.events_keep)
-            if self._events.maxlen != keep:
-                self._events = collections.deque(self._events, maxlen=keep)
-            self._events.append(event.to_dict())
-            self._event_counts[kind.removeprefix("detect.")] += 1
+    def _drop_tag(self) -> None:
+        self._tag = None
 
     # -- the capture loop's stage (cheap: two dict references)
     def process(self, ring_frame: np.ndarray, meta: FrameMeta, full_frame: np.ndarray | None = None) -> None:
@@ -661,8 +480,7 @@ class Detection:
         return None if got is None else got[1]
 
     def events(self, limit: int) -> list[dict[str, Any]]:
-        with self._stats_lock:
-            return list(self._events)[-limit:] if limit > 0 else []
+        return self._people.recent(limit)
 
     def counts(self) -> dict[str, Any]:
         with self._stats_lock:
@@ -671,7 +489,7 @@ class Detection:
                 "on_demand": self._on_demand,
                 "skipped": dict(self._skipped),
                 "errors": self._errors,
-                "events": dict(self._event_counts),
+                "events": self._people.counts(),
             }
 
     @property
@@ -691,7 +509,7 @@ class Detection:
         else:
             body.update(result.to_dict())
             body["age_s"] = round(max(0.0, time.time() - result.ts), 3)
-        body["tracked"] = self._tracked  # now: tracks end by the clock too, after the newest result
+        body["tracked"] = self._people.tracked  # now: tracks end by the clock too, after the newest result
         body["counts"] = self.counts()
         return 200, body
 
@@ -721,7 +539,7 @@ class Detection:
             "gate_threshold": self._cfg.gate_threshold,
             "last_change_fraction": None if self._change.last_fraction is None else round(self._change.last_fraction, 5),
             "max_fps": self._cfg.max_fps,
-            "tracked": self._tracked,
+            "tracked": self._people.tracked,
             "evidence": bool(self._cfg.evidence),
             **self.counts(),
             "last": last,

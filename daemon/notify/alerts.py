@@ -35,7 +35,7 @@ from .webhook import CONFIGURED, WebhookChannel
 
 PERSON_EVENT = "detect.person"
 TEST_EVENT = "notify.test"
-#: The attachment key of the annotated JPEG on a `detect.person` event (daemon/detect/service.py puts it there).
+#: The attachment key of the annotated JPEG on a `detect.person` event (daemon/detect/events.py puts it there).
 IMAGE = "jpeg"
 
 

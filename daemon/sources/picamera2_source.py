@@ -1,8 +1,8 @@
-"""The Raspberry Pi camera through Picamera2 (libcamera).
+"""The Raspberry Pi camera through Picamera2 (libcamera): `Picamera2Source`.
 
-`picamera2` comes from apt on the Pi (`python3-picamera2`; the daemon's venv
-is made with `--system-site-packages`), not from PyPI, so it is imported
-only when this source opens. Tests pass a stand-in module instead.
+`picamera2` is imported only when this source opens (`picamera2_info.py`
+says why and describes what the camera reports); tests pass a stand-in
+module instead.
 
 One reader thread (`picamd-picamera2-reader`) owns the camera: it captures
 requests, copies the main stream out, reads the metadata, releases the
@@ -13,23 +13,10 @@ flight. `read(timeout)` waits on a condition and is bounded whatever the
 camera does; a stalled camera gives None until the capture loop's stall
 timeout closes and reopens it.
 
-Modes:
-
-* day: a video configuration at `camera.width` x `camera.height`, RGB888
-  (BGR in memory), `FrameDurationLimits` fixed at 1/`camera.framerate`,
-  auto-exposure and auto white balance on.
-* night `still`: a still configuration at the same size with AE and AWB off,
-  fixed `ExposureTime` and `AnalogueGain`, and `FrameDurationLimits` widened
-  to cover the exposure (without that, libcamera silently caps the exposure
-  at the frame duration: about 33 ms in video, 83 ms in preview). The
-  exposure is clamped to the sensor's `ExposureTime` maximum (about 1 s on
-  the OV5647, 11.8 s on the IMX219, 112 s on the IMX708, 670 s on the
-  IMX477) and the gain to its `AnalogueGain` range; the clamping is logged and
-  returned. White balance is frozen at the gains AWB last chose.
-* night `slow_video`: the video configuration with `FrameDurationLimits` up
-  to the long exposure and AE on in its Long exposure mode, so the frame rate
-  drops as the light fades. How long AE really exposes is also bounded by the
-  camera tuning's exposure profile; use `still` for fixed long exposures.
+Modes: day, and at night `still` or `slow_video`; the controls of each, and
+the clamping to the sensor's limits, are `picamera2_modes.py`'s. A change of
+mode reconfigures the camera on the reader thread; new values in the same
+night mode are set live.
 
 What the Pi does for free (`camera.lores`, `camera.hw_encoder`):
 
@@ -61,7 +48,9 @@ from daemon.core.latest import HandoffFailed, Latest
 from daemon.core.worker import Worker
 
 from .base import CameraJpeg, Source, SourceError, night_applied
+from .picamera2_info import describe_controls, describe_sensor_modes, frame_info, jsonable, load_picamera2
 from .picamera2_jpeg import Picamera2Jpeg
+from .picamera2_modes import ae_long_mode, clamp_to_sensor, day_frame_us, limit, mode_controls, night_frame_limits
 
 log = logging.getLogger("picamd.picamera2")
 
@@ -72,88 +61,9 @@ CLOSE_WAIT_S = 2.0
 #: Frame buffers: few, because each full frame lives in scarce CMA memory on a Pi.
 DAY_BUFFERS = 4
 STILL_BUFFERS = 2
-#: Headroom between the exposure and the longest frame duration we allow (sensor blanking).
-FRAME_DURATION_MARGIN_US = 20_000
-#: Metadata copied into each frame's info when the camera reports it.
-METADATA_KEYS = ("ExposureTime", "AnalogueGain", "DigitalGain", "Lux", "ColourTemperature", "FrameDuration", "SensorTemperature")
 
 #: libcamera's YUV 4:2:0 formats and the OpenCV conversion of each to BGR (the U and V planes in either order).
 YUV_TO_BGR = {"YUV420": cv2.COLOR_YUV2BGR_I420, "YVU420": cv2.COLOR_YUV2BGR_YV12}
-
-INSTALL_HINT = (
-    "picamera2 is not importable: on Raspberry Pi OS run `sudo apt install python3-picamera2` and make the venv with --system-site-packages"
-)
-
-
-class Picamera2Missing(SourceError):
-    """picamera2 is not installed at all (as opposed to installed and failing to import)."""
-
-
-def load_picamera2(module: Any = None) -> Any:
-    """The picamera2 module (or the given stand-in).
-
-    Raises Picamera2Missing with an install hint when it is not installed, and SourceError with the import
-    error on one line when it is installed but fails (a numpy other than the one python3-picamera2 was built
-    with prints a paragraph; health shows one line).
-    """
-    if module is not None:
-        return module
-    try:
-        import picamera2  # noqa: PLC0415 - imported lazily: it exists only on a Pi
-    except Exception as exc:  # ImportError, or libcamera failing to load off the Pi
-        if isinstance(exc, ModuleNotFoundError) and exc.name == "picamera2":
-            raise Picamera2Missing(f"{INSTALL_HINT} ({type(exc).__name__}: {exc})") from exc
-        detail = " ".join(f"{type(exc).__name__}: {exc}".split())
-        if len(detail) > 240:
-            detail = detail[:237] + "..."
-        raise SourceError(
-            f"picamera2 is installed but cannot be imported ({detail}); tools/install.sh keeps apt's numpy, which python3-picamera2 needs"
-        ) from exc
-    return picamera2
-
-
-def jsonable(value: Any) -> Any:
-    """libcamera values (tuples, enums, Rectangle, SensorFormat) as plain JSON values."""
-    if value is None or isinstance(value, (bool, int, str)):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, (tuple, list)):
-        return [jsonable(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, np.generic):
-        return value.item()
-    return str(value)
-
-
-def describe_controls(camera_controls: dict) -> dict[str, Any]:
-    """camera_controls (name -> (min, max, default)) as name -> {"min", "max", "default"}."""
-    out = {}
-    for name, limits in sorted(camera_controls.items()):
-        try:
-            lo, hi, default = limits
-        except (TypeError, ValueError):
-            out[name] = jsonable(limits)
-            continue
-        out[name] = {"min": jsonable(lo), "max": jsonable(hi), "default": jsonable(default)}
-    return out
-
-
-def describe_sensor_modes(modes: list[dict]) -> list[dict[str, Any]]:
-    out = []
-    for m in modes:
-        out.append(
-            {
-                "size": jsonable(m.get("size")),
-                "bit_depth": m.get("bit_depth"),
-                "fps": m.get("fps"),
-                "crop": jsonable(m.get("crop_limits")),
-                "format": jsonable(m.get("format")),
-                "exposure_limits_us": jsonable(m.get("exposure_limits")),
-            }
-        )
-    return out
 
 
 class _FullCapture:
@@ -226,46 +136,14 @@ class Picamera2Source(Source):
         return w - w % 2, h - h % 2
 
     def _day_frame_us(self) -> int:
-        # libcamera clamps this to what the chosen sensor mode can do.
-        return int(round(1e6 / max(0.05, self._fps)))
+        return day_frame_us(self._fps)
 
     def _limit(self, name: str, fallback: tuple) -> tuple:
-        got = self._limits.get(name)
-        if not got:
-            return fallback
-        return got[0], got[1]
-
-    def _ae_long_mode(self) -> Any:
-        libcamera = getattr(self._module, "libcamera", None)
-        enum = getattr(getattr(getattr(libcamera, "controls", None), "AeExposureModeEnum", None), "Long", None)
-        return enum
+        return limit(self._limits, name, fallback)
 
     def _controls_for(self, wanted: tuple) -> dict[str, Any]:
-        if wanted[0] == "day":
-            frame_us = self._day_frame_us()
-            # ExposureTime/AnalogueGain 0 hand both back to AE: libcamera keeps a fixed value set at night across reconfigurations.
-            return {"FrameDurationLimits": (frame_us, frame_us), "AeEnable": True, "AwbEnable": True, "ExposureTime": 0, "AnalogueGain": 0}
-        mode, exposure_us, gain = wanted
-        fd_hi = self._limit("FrameDurationLimits", (None, None))[1] or exposure_us + FRAME_DURATION_MARGIN_US
-        lo = min(self._day_frame_us(), exposure_us)
-        if mode == "still":
-            hi = max(lo, min(int(fd_hi), exposure_us + FRAME_DURATION_MARGIN_US))
-            controls = {
-                "AeEnable": False,
-                "AwbEnable": False,
-                "ExposureTime": int(exposure_us),
-                "AnalogueGain": float(gain),
-                "FrameDurationLimits": (lo, hi),
-            }
-            if self._colour_gains and "ColourGains" in self._limits:
-                controls["ColourGains"] = self._colour_gains  # keep the colours AWB had, rather than a default
-            return controls
-        hi = max(lo, min(int(fd_hi), int(exposure_us)))
-        controls = {"AeEnable": True, "AwbEnable": True, "FrameDurationLimits": (lo, hi), "ExposureTime": 0, "AnalogueGain": 0}
-        long_mode = self._ae_long_mode()
-        if long_mode is not None and "AeExposureMode" in self._limits:
-            controls["AeExposureMode"] = long_mode
-        return controls
+        long_mode = ae_long_mode(self._module)
+        return mode_controls(wanted, day_us=self._day_frame_us(), limits=self._limits, colour_gains=self._colour_gains, long_mode=long_mode)
 
     def _build_config(self, cam: Any, wanted: tuple, lores: tuple[tuple[int, int], str] | None = None) -> dict:
         main = {"size": self._size(), "format": "RGB888"}
@@ -513,16 +391,7 @@ class Picamera2Source(Source):
         return np.ascontiguousarray(array[:h, :w, :3])
 
     def _info_from(self, metadata: dict) -> dict[str, Any]:
-        info: dict[str, Any] = {}
-        if "ExposureTime" in metadata:
-            info["exposure_us"] = int(metadata["ExposureTime"])
-        if "AnalogueGain" in metadata:
-            info["gain"] = round(float(metadata["AnalogueGain"]), 4)
-        for key in ("Lux", "ColourTemperature", "FrameDuration", "DigitalGain", "SensorTemperature"):
-            if key in metadata:
-                info[key] = jsonable(metadata[key])
-        info["mode"] = self._mode
-        return info
+        return frame_info(metadata, self._mode)
 
     def _publish(self, frame: np.ndarray, metadata: dict, lores: np.ndarray | None = None) -> None:
         info = self._info_from(metadata)
@@ -616,14 +485,11 @@ class Picamera2Source(Source):
         with self._cond:
             self._wanted = (mode, exp, g)
             self._reconfigure = True
-        fd_hi = self._limit("FrameDurationLimits", (None, None))[1]
+        frame_lo, frame_hi = night_frame_limits(mode, exp, self._day_frame_us(), self._limit("FrameDurationLimits", (None, None))[1])
         if mode == "still":
-            frame_hi = exp + FRAME_DURATION_MARGIN_US if not fd_hi else min(int(fd_hi), exp + FRAME_DURATION_MARGIN_US)
             note = "AE/AWB off, fixed exposure and gain, frame duration widened to the exposure"
         else:
-            frame_hi = exp if not fd_hi else min(int(fd_hi), exp)
             note = "AE on (Long mode) with frame durations up to the exposure"
-        frame_lo = min(self._day_frame_us(), exp)
         for n in notes:
             log.warning("Pi camera %d: %s", self._num, n)
         log.info("Pi camera %d: switching to night %s mode, exposure %d us, gain %g", self._num, mode, exp, g)
@@ -634,28 +500,13 @@ class Picamera2Source(Source):
             requested=(exposure_us, gain),
             notes=notes,
             note=note,
-            frame_duration_limits_us=[frame_lo, max(frame_lo, frame_hi)],
+            frame_duration_limits_us=[frame_lo, frame_hi],
             frame_interval_s=max(1.0 / self._fps, exp / 1e6) if mode == "still" else None,
-            max_frame_interval_s=max(frame_lo, frame_hi) / 1e6,
+            max_frame_interval_s=frame_hi / 1e6,
         )
 
     def _clamp(self, exposure_us: int, gain: float) -> tuple[int, float, list[str]]:
-        """Exposure and gain within what the sensor reports (once it has been opened), with notes on what was cut."""
-        exp_lo, exp_hi = self._limit("ExposureTime", (None, None))
-        gain_lo, gain_hi = self._limit("AnalogueGain", (None, None))
-        exp, g, notes = int(exposure_us), float(gain), []
-        model = self._info.get("Model") or "sensor"
-        if exp_hi and exp > int(exp_hi):
-            notes.append(f"exposure {exp} us clamped to the {model} maximum {int(exp_hi)} us")
-            exp = int(exp_hi)
-        if exp_lo and exp < int(exp_lo):
-            exp = int(exp_lo)
-        if gain_hi and g > float(gain_hi):
-            notes.append(f"gain {g:g} clamped to the {model} maximum {float(gain_hi):.3g}")
-            g = float(gain_hi)
-        if gain_lo and g < float(gain_lo):
-            g = float(gain_lo)
-        return exp, g, notes
+        return clamp_to_sensor(exposure_us, gain, self._limits, self._info.get("Model") or "sensor")
 
     def capture_full(self, timeout: float = 30.0) -> tuple[np.ndarray, dict[str, Any]]:
         """One still at the full sensor resolution, in the current exposure mode.

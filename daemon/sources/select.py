@@ -26,7 +26,8 @@ from daemon.config import Config
 
 from .base import Source, SourceError
 from .opencv_source import OpenCVSource, classify_device, redact_url
-from .picamera2_source import Picamera2Missing, Picamera2Source, describe_controls, describe_sensor_modes, jsonable, load_picamera2
+from .picamera2_info import Picamera2Missing, describe_controls, describe_sensor_modes, jsonable, load_picamera2
+from .picamera2_source import Picamera2Source
 from .synthetic import SyntheticSource
 
 log = logging.getLogger("picamd.sources")
