@@ -80,17 +80,21 @@ class Run:
         *,
         env: dict[str, str] | None = None,
         ring_size: int | None = None,
+        settings: dict[str, Any] | None = None,
         child: bool = False,
         patch_allocator: bool = False,
         pycache: Path | None = None,
     ) -> None:
         self.tmp = Path(tempfile.mkdtemp(prefix="picamd-memory-"))
         self.config = self.tmp / "config.yaml"
-        if ring_size is None:
+        changes = {**({"ring.size": ring_size} if ring_size is not None else {}), **(settings or {})}
+        if not changes:
             shutil.copyfile(config, self.config)  # the shipped file itself, comments and all
         else:
             values = yaml.safe_load(config.read_text()) or {}
-            values.setdefault("ring", {})["size"] = ring_size
+            for dotted, value in changes.items():
+                section, key = dotted.split(".", 1)
+                values.setdefault(section, {})[key] = value
             self.config.write_text(yaml.safe_dump(values))
         self.control_port, self.http_port = bl.free_port(), bl.free_port()
         args = [
@@ -261,12 +265,13 @@ def plain(
     *,
     env: dict[str, str] | None = None,
     ring_size: int | None = None,
+    settings: dict[str, Any] | None = None,
     patch_allocator: bool = False,
     poll_s: float = 2.0,
     stack: bool = False,
     pycache: Path | None = None,
 ) -> dict[str, Any]:
-    run = Run(config, env=env, ring_size=ring_size, patch_allocator=patch_allocator, pycache=pycache)
+    run = Run(config, env=env, ring_size=ring_size, settings=settings, patch_allocator=patch_allocator, pycache=pycache)
     try:
         health = run.wait_full(poll_s=poll_s)
         time.sleep(SETTLE_S)
@@ -325,6 +330,31 @@ def instrumented(config: Path, pycache: Path | None = None) -> dict[str, Any]:
         return report
     finally:
         run.stop()
+
+
+class _Mosquitto:
+    """A Mosquitto broker on a free loopback port for the MQTT row (none when mosquitto is not installed)."""
+
+    def __init__(self, proc: subprocess.Popen, port: int, folder: Path) -> None:
+        self.proc, self.port, self.folder = proc, port, folder
+
+    @classmethod
+    def start(cls) -> _Mosquitto | None:
+        exe = shutil.which("mosquitto") or next((p for p in ("/usr/sbin/mosquitto",) if os.path.exists(p)), None)
+        if exe is None:
+            print("(mosquitto is not installed: no MQTT row)", flush=True)
+            return None
+        folder = Path(tempfile.mkdtemp(prefix="picamd-memory-mqtt-"))
+        port = bl.free_port()
+        (folder / "mosquitto.conf").write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+        proc = subprocess.Popen([exe, "-c", str(folder / "mosquitto.conf")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.5)
+        return cls(proc, port, folder)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(5)
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 def side_by_side_as_before() -> dict[int, int]:
@@ -740,9 +770,17 @@ def variant_rows(config: Path, samples: int, p: dict[str, Any], pycache: Path | 
         ("OPENCV_FOR_THREADS_NUM=1 (cv2.setNumThreads(1))", {"env": {"OPENCV_FOR_THREADS_NUM": "1"}}),
         ("/health read every 0.25 s", {"poll_s": 0.25}),
     ]
-    for name, kwargs in cases:
-        r = plain(config, samples, stack=True, pycache=pycache, **kwargs)
-        rows.append([name, f"{mib(r['rss']):.1f}", f"{mib(r['after_stack']):.1f}", f"{r['cpu']:.1%}"])
+    broker = _Mosquitto.start()
+    if broker is not None:
+        mqtt = {"mqtt.host": "127.0.0.1", "mqtt.port": broker.port, "mqtt.snapshot_every_s": 60.0}
+        cases.append(("MQTT on: a local Mosquitto, Home Assistant discovery, a retained snapshot every 60 s", {"settings": mqtt}))
+    try:
+        for name, kwargs in cases:
+            r = plain(config, samples, stack=True, pycache=pycache, **kwargs)
+            rows.append([name, f"{mib(r['rss']):.1f}", f"{mib(r['after_stack']):.1f}", f"{r['cpu']:.1%}"])
+    finally:
+        if broker is not None:
+            broker.stop()
     old = side_by_side_as_before()
     rows.append(
         [
