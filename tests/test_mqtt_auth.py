@@ -4,7 +4,8 @@ daemon as a subprocess with the password in PICAMD_MQTT_PASSWORD, and a real pah
 
 Checked: the right password over TLS with `mqtt.ca_file` gets `available` = online on the broker; a wrong password
 leaves the daemon running with the mqtt component degraded and saying the broker did not authorise it; the password
-never shows in the daemon's log, `health` or `dump_config`.
+never shows in the daemon's log, `health` or `dump_config`; a broker certificate signed by another CA than
+`mqtt.ca_file`'s, and TLS against the plain listener, are refused with reasons that say so.
 """
 
 from __future__ import annotations
@@ -173,16 +174,17 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
     b.stop()
 
 
-def make_daemon(workdir: Path, broker: Broker, password: str) -> Daemon:
+def make_daemon(workdir: Path, broker: Broker, password: str, ca_file: Path | None = None, port: int | None = None) -> Daemon:
+    """A daemon that logs in over TLS to the broker's TLS listener (or `port`), trusting `ca_file` (default: the broker's CA)."""
     # The CA file lies next to the config file: a folder storage.allowed_roots allows by default.
     ca = workdir / "broker-ca.pem"
-    ca.write_bytes(broker.ca.read_bytes())
+    ca.write_bytes((ca_file or broker.ca).read_bytes())
     return Daemon(
         workdir,
         overrides={
             "camera.name": CAMERA,
             "mqtt.host": "127.0.0.1",
-            "mqtt.port": broker.tls_port,
+            "mqtt.port": port or broker.tls_port,
             "mqtt.username": USER,
             "mqtt.ca_file": str(ca),
             "mqtt.health_every_s": 2.0,
@@ -280,3 +282,50 @@ def test_a_wrong_password_degrades_mqtt_with_the_reason_and_the_daemon_runs_on(b
     finally:
         wrong.stop()
     assert WRONG not in wrong.log_path.read_text(errors="replace")
+
+
+def test_a_broker_certificate_from_another_ca_is_refused_and_the_daemon_runs_on(broker: Broker, tmp_path: Path) -> None:
+    """TLS is checked, not just switched on: trusting another CA than the one that signed the broker's certificate
+    never connects (so the password is never sent), degrades mqtt with the reason, and the camera carries on."""
+    other = tmp_path / "other-ca"
+    other.mkdir()
+    self_signed(
+        other / "ca.key",
+        other / "ca.crt",
+        "/CN=some other CA",
+        "basicConstraints=critical,CA:TRUE",
+        "keyUsage=critical,keyCertSign,cRLSign",
+    )
+    (tmp_path / "mitm").mkdir()
+    d = make_daemon(tmp_path / "mitm", broker, PASSWORD, ca_file=other / "ca.crt").start()
+    try:
+
+        def refused() -> dict[str, Any] | None:
+            h = health(d)
+            return h if "certificate" in h["components"]["mqtt"]["state"].lower() else None
+
+        h = wait_for(refused, 15, interval=0.2)
+        assert h, (health(d)["components"]["mqtt"], d.log())
+        assert "mqtt" in h["degraded"] and h["mqtt"]["connected"] is False
+        assert "verif" in h["components"]["mqtt"]["state"].lower(), h["components"]["mqtt"]
+        frame = frame_id(d)
+        assert wait_for(lambda: frame_id(d) > frame, 10)
+        assert_never_shown(d, PASSWORD)
+    finally:
+        d.stop()
+
+
+def test_tls_against_the_plain_listener_says_so(broker: Broker, tmp_path: Path) -> None:
+    (tmp_path / "plain").mkdir()
+    d = make_daemon(tmp_path / "plain", broker, PASSWORD, port=broker.port).start()  # the listener without TLS
+    try:
+
+        def refused() -> dict[str, Any] | None:
+            h = health(d)
+            return h if "tls with the broker" in h["components"]["mqtt"]["state"].lower() else None
+
+        h = wait_for(refused, 15, interval=0.2)
+        assert h, (health(d)["components"]["mqtt"], d.log())
+        assert "is mqtt.port its TLS listener?" in h["components"]["mqtt"]["state"] and h["mqtt"]["connected"] is False
+    finally:
+        d.stop()

@@ -38,6 +38,8 @@ import collections
 import json
 import logging
 import os
+import ssl
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -285,7 +287,21 @@ class MqttBridge:
         self._wake.set()
 
     def _on_connect_fail(self, _client: Client, _userdata: Any) -> None:
-        self._set_disconnected(f"cannot connect to the broker {self.broker} (down, unreachable or refusing); retrying")
+        # paho calls this inside its `except OSError:`, so the exception is the one being handled: name a TLS failure
+        # (another CA, a wrong host name, a broker without TLS) rather than call the broker down.
+        exc = sys.exc_info()[1]
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            why = exc.verify_message or exc.reason or str(exc)
+            ca = f"the CA in {self._cfg.ca_file}" if self._cfg.ca_file else "the system's CAs"
+            reason = f"the broker {self.broker}'s TLS certificate failed verification against {ca}: {why}; retrying"
+        elif isinstance(exc, ssl.SSLError):
+            reason = f"TLS with the broker {self.broker} failed: {exc.reason or exc} (is mqtt.port its TLS listener?); retrying"
+        elif isinstance(exc, ConnectionResetError) and (self._cfg.tls or self._cfg.ca_file):
+            # A listener without TLS drops the handshake's first bytes: a reset, not a refusal.
+            reason = f"TLS with the broker {self.broker} failed: it reset the handshake (is mqtt.port its TLS listener?); retrying"
+        else:
+            reason = f"cannot connect to the broker {self.broker} (down, unreachable or refusing); retrying"
+        self._set_disconnected(reason)
 
     def _on_disconnect(self, _client: Client, _userdata: Any, _flags: Any, reason_code: Any, _properties: Any) -> None:
         if not self._worker.alive:
