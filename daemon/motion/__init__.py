@@ -5,6 +5,7 @@ One module per job:
 - `measure.py`: the measure (`RegionMeter` for tools, and the passes the daemon shares between regions);
 - `machine.py`: the sliding window and the RUNNING/STOPPED/DEEP_SLEEP state machine;
 - `component.py`: the `Motion` capture-loop stage (events, the X-Motion header, resets, health);
+- `views.py`: which regions are measured (`motion.regions`, or a PTZ preset's own) and the ones out of view;
 - `commands.py`: `motion`, `regions`, `region add|del`;
 - `log.py`: the background writer of the motion logs, and their format.
 

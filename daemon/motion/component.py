@@ -9,16 +9,9 @@ validated (`regions.py`) and compiled on whatever thread changed the config
 and installed by the capture thread on its next frame: one attribute swap, no
 lock on the hot path. The commands are in `commands.py`.
 
-Which regions. `motion.regions` and `motion.masks`, unless a PTZ camera is
-at a preset that has regions of its own: the PTZ component publishes
-`ptz.view` after every move (the preset, with its `regions` and `masks`, or
-none), and while the camera shows such a preset its regions and masks are
-the ones measured. Regions keep their machine state by name across a
-change. One that leaves the picture because the camera moved stays listed
-(`region_states`, `motion`, health, MQTT) with state UNKNOWN and
-`watched: false`, so a dashboard keeps its machines; it starts UNKNOWN when
-it comes back, since nobody watched it meanwhile. One removed from its
-config is gone.
+Which regions: `motion.regions` and `motion.masks`, or a PTZ preset's own
+while the camera is there, as `views.py` tells (from the `ptz.view` event);
+regions the camera moved away from stay listed as unwatched.
 
 Resets. Anything that changes the picture without the scene changing must
 not read as motion: the background is re-baselined and judgement suppressed
@@ -82,6 +75,7 @@ from daemon.motion.commands import MotionCommands
 from daemon.motion.log import DEEP_SLEEP_LOG, STATE_LOG, MotionLog
 from daemon.motion.machine import DEEP_SLEEP, RUNNING, SETTLING, UNKNOWN, Machine, Transition
 from daemon.motion.measure import Compiled, Geometry, Pass, PassPlan, PassSettings, build_passes, compile_regions, plan_passes
+from daemon.motion.views import CONFIGURED, VIEW_EVENT, Views
 
 if TYPE_CHECKING:
     from daemon.capture.ring import FrameMeta
@@ -91,7 +85,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("picamd.motion")
 
 RESET_EVENTS = ("night.enter", "night.exit", "camera.recovered", "ptz.moving")  # bus events that re-baseline and settle
-VIEW_EVENT = "ptz.view"  # a PTZ camera arrived somewhere: {preset, name, regions, masks}; regions None: motion.regions
 _PLAN_KEYS = ("motion.method", "motion.blur", "motion.pixel_threshold", "motion.dilate")  # settings that shape the passes
 
 
@@ -219,14 +212,9 @@ class Motion:
         # (which allocates the passes' buffers). One attribute swap, no lock on the hot path.
         self._incoming = _Layout(0, "motion.regions", Compiled((), [], None, ()), (), ())
         self._compiled = self._incoming.compiled
-        self._source = "motion.regions"
-        self._view: dict[str, Any] = {"preset": None, "name": None, "regions": None, "masks": None}
+        self._source = CONFIGURED
+        self._views = Views()
         self._installed_version = -1
-        self._installed_source = "motion.regions"
-        # Regions out of the picture since the camera moved: name -> their status (state UNKNOWN). Replaced whole
-        # (readers on other threads take one reference), under _unwatched_lock by the two threads that change it.
-        self._unwatched: dict[str, dict[str, Any]] = {}
-        self._unwatched_lock = threading.Lock()
         self._regions: tuple[_Region, ...] = ()
         self._passes: tuple[Pass, ...] = ()
         self._region_errors: tuple[str, ...] = ()
@@ -282,8 +270,7 @@ class Motion:
         if name in ("motion.regions", "motion.masks"):
             self._prepare()
             if name == "motion.regions":
-                configured = {r.get("name") for r in self._cfg.regions if isinstance(r, dict)}
-                self._forget_unwatched("motion.regions", configured)
+                self._views.configured({r.get("name") for r in self._cfg.regions if isinstance(r, dict)})
         elif name in _PLAN_KEYS:
             with self._compile_lock:
                 self._publish_plan()
@@ -293,36 +280,16 @@ class Motion:
         return compile_regions(raw_regions, raw_masks, self.frame_size, self.ring_size)
 
     def _on_view(self, event: Event) -> None:
-        if event.kind != VIEW_EVENT:
-            return
-        data = event.data
-        regions, masks = data.get("regions"), data.get("masks")
-        view = {
-            "preset": data.get("preset"),
-            "name": data.get("name"),
-            "regions": list(regions) if isinstance(regions, list) else None,
-            "masks": list(masks) if isinstance(masks, list) else None,
-        }
-        with self._compile_lock:
-            same = view == self._view
-            self._view = view
-        if not same:
+        if event.kind == VIEW_EVENT and self._views.take(event.data):
             self._prepare()
-
-    def _watched(self) -> tuple[Any, Any, str]:
-        """The regions, masks and their source for where the camera looks (caller holds _compile_lock)."""
-        view = self._view
-        if view["regions"] is None:
-            return self._cfg.regions, self._cfg.masks, "motion.regions"
-        return view["regions"], view["masks"] or [], f"preset {view['preset']}"
 
     def _prepare(self) -> None:
         """Validate and compile the watched regions (on the thread that changed them) for the capture thread to install."""
         with self._compile_lock:
-            raw_regions, raw_masks, source = self._watched()
+            raw_regions, raw_masks, source = self._views.watched(self._cfg.regions, self._cfg.masks)
             compiled = self.compile(raw_regions, raw_masks)
             for err in compiled.errors():
-                log.error("motion: %s%s", "" if source == "motion.regions" else f"{source}: ", err)
+                log.error("motion: %s%s", "" if source == CONFIGURED else f"{source}: ", err)
             self._compiled = compiled
             self._source = source
             self._publish_plan()
@@ -353,40 +320,19 @@ class Motion:
             installed.append(region)
         for gone in old.values():
             self.log.close_file(gone.spec.file_stem)
-        self._park(layout.source, list(old.values()), [r.spec.name for r in installed])
+        views = self._views
+        said = layout.source != CONFIGURED or views.moved(layout.source)  # say where from, and when back to the config's
+        dropped = [self._region_status(r) for r in old.values()] if views.moved(layout.source) else []
+        views.install(layout.source, dropped, [r.spec.name for r in installed])
         errors = layout.compiled.errors()
         self._passes = tuple(passes)
         self._regions = tuple(installed)
         self._region_errors = errors
         self._installed_version = layout.version
-        # Say where they come from whenever it is not the config's regions, and when it goes back to them.
-        said = layout.source != "motion.regions" or layout.source != self._installed_source
-        self._installed_source = layout.source
         if self._last_mono is not None:  # not on the first install, start() says it
             names = ", ".join(r.spec.name for r in installed) or "none"
             log.info("motion: regions now %s%s", names, f" (from {layout.source})" if said else "")
         self._set_problem("regions", "; ".join(errors) if errors else None)
-
-    def _park(self, source: str, dropped: list[_Region], active: list[str]) -> None:
-        """Keep listing the regions the camera moved away from; forget those their own config no longer has."""
-        moved = source != self._installed_source
-        with self._unwatched_lock:
-            parked = {
-                name: st
-                for name, st in self._unwatched.items()
-                if name not in active and st["watched_from"] != source  # this source's own list is the active one now
-            }
-            if moved:
-                for region in dropped:
-                    status = self._region_status(region)
-                    status.update(state=UNKNOWN, fraction=0.0, pixels=0, moving=None, settling=False, in_state_s=None, idle_s=None)
-                    status.update(window_moving=None, window_frames=0, watched=False, watched_from=self._installed_source)
-                    parked[region.spec.name] = status
-            self._unwatched = parked
-
-    def _forget_unwatched(self, source: str, names: set[Any]) -> None:
-        with self._unwatched_lock:
-            self._unwatched = {n: st for n, st in self._unwatched.items() if st["watched_from"] != source or n in names}
 
     # -- resets
     def reset(self, reason: str) -> None:
@@ -583,7 +529,7 @@ class Motion:
     def region_states(self) -> list[dict[str, Any]]:
         """Each measured region's state, fraction and times (times count by frame timestamps), then the regions out of
         the picture since the camera moved (`watched` false, state UNKNOWN)."""
-        return [self._region_status(r) for r in self._regions] + list(self._unwatched.values())
+        return [self._region_status(r) for r in self._regions] + self._views.unwatched()
 
     def pending(self, name: str) -> bool:
         """True while a region just configured waits for the capture loop's next frame to be taken on."""
@@ -592,17 +538,15 @@ class Motion:
     def layout(self) -> dict[str, Any]:
         """How the active regions are measured: each region's geometry, the passes, and the regions refused."""
         return {
-            "from": self._installed_source,
+            "from": self._views.installed,
             "active": [r.geometry.describe() for r in self._regions],
             "passes": [p.plan.describe() for p in self._passes],
             "errors": list(self._region_errors),
         }
 
     def watching(self) -> dict[str, Any]:
-        """Where the measured regions come from: `from` is "motion.regions" or "preset N" (a PTZ preset's own), with
-        the preset the camera was last seen arriving at (None: not at a preset, or never moved by picamd)."""
-        view = self._view
-        return {"from": self._installed_source, "preset": view["preset"], "preset_name": view["name"]}
+        """Where the measured regions come from: "motion.regions" or "preset N" (see `views.py`)."""
+        return self._views.describe()
 
     def _region_status(self, region: _Region) -> dict[str, Any]:
         machine, spec = region.machine, region.spec
@@ -623,7 +567,7 @@ class Motion:
             "window_frames": machine.frames,
             "threshold": spec.threshold_text(),
             "watched": True,
-            "watched_from": self._installed_source,
+            "watched_from": self._views.installed,
         }
 
     def health(self) -> dict[str, Any]:
