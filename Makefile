@@ -9,14 +9,15 @@ ARGS   ?=
 $(VENV)/.stamp: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[opencv,test]'
+	$(PY) -m pip install --quiet -e '.[opencv,detect]'
 	touch $@
 
+# The daemon with OpenCV and the detect extra (LiteRT, scikit-learn), so `detect on` works on the synthetic scene too.
 setup: $(VENV)/.stamp
 
-# The tests also run the real detection models, so they get the detect extra (LiteRT, scikit-learn) on top.
-$(VENV)/.stamp-detect: $(VENV)/.stamp
-	$(PY) -m pip install --quiet -e '.[opencv,test,detect]'
+# The tests' own tools on top: pytest, ruff, mypy, the photos of scikit-image, the VISCA and SMTP peers.
+$(VENV)/.stamp-test: $(VENV)/.stamp
+	$(PY) -m pip install --quiet -e '.[opencv,detect,test]'
 	touch $@
 
 # Runs the daemon with config.yaml; with no camera attached it picks the synthetic scene.
@@ -26,7 +27,7 @@ run: setup
 # Tests need netcat (the tests talk to the command port with the real `nc` too), ffmpeg (it reads the stream
 # through a login, as players do), mosquitto (the MQTT tests start their own broker) and chromium (the fleet page is
 # loaded in it, headless), rsync (a pull of the captures in the middle of a save); installed from apt when missing.
-setup-test: $(VENV)/.stamp-detect
+setup-test: $(VENV)/.stamp-test
 	@command -v nc >/dev/null 2>&1 || { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq netcat-openbsd >/dev/null; \
 	  else echo "netcat not found and not root: the nc tests will be skipped"; fi; }
@@ -50,8 +51,8 @@ test: setup-test
 	$(PY) -m mypy
 	$(PY) -m pytest -q tests
 
-# The benchmarks measure detection too (bench/detect.py, bench/detect_loop.py): the detect extra, as for the tests.
-bench: $(VENV)/.stamp-detect
+# The benchmarks measure detection too and reuse the tests' scenes (photos, the VISCA simulator): the test setup.
+bench: $(VENV)/.stamp-test
 	$(PY) bench/run_all.py
 
 # Regenerates the README's config table and config.yaml from the schema.

@@ -241,7 +241,7 @@ def test_each_preset_watches_its_own_motion_regions_from_the_command_port(world)
         assert heads[3].startswith("OK ptz.presets=") and heads[4].startswith("OK at preset 1 after ")
         becomes(("preset 1", ["door1"]))
         head = replies(daemon.cmd("regions"))[0].splitlines()[0]
-        assert head == "OK 1 regions active (the PTZ camera's preset 1 has its own; motion.regions apply elsewhere)"
+        assert head == "OK 1 region active (the PTZ camera's preset 1 has its own; motion.regions apply elsewhere)"
         health = reply_json(replies(daemon.cmd("health"))[0])
         assert health["motion"]["watching"] == {"from": "preset 1", "preset": 1, "preset_name": "Entrance"}
         assert health["ptz"]["view"] == {"preset": 1, "name": "Entrance"}

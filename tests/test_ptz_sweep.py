@@ -25,6 +25,7 @@ from ptz_scene import PEOPLE, FrameFeeder, SnapshotServer, photo, photo_of
 from smtp_mailbox import Mailbox
 from visca_sim import ViscaCamera
 
+from daemon.capture.ring import FrameMeta
 from daemon.config import Config
 from daemon.core.bus import EventBus
 from daemon.core.status import ComponentStatus
@@ -227,13 +228,45 @@ def test_each_preset_is_watched_with_its_own_motion_regions(rig_factory, feeder,
     assert again == [("press1", True, "preset 1"), ("door", False, "motion.regions")]
 
 
+def test_motion_masks_apply_at_every_preset_and_a_presets_masks_add_to_them(tmp_path):
+    """A burnt-in clock (motion.masks) stays masked whatever the camera looks at; a preset's own masks (a tree in
+    that view) are added while it is shown, to its own regions or to motion.regions."""
+    config = Config(
+        {
+            "motion.log_dir": str(tmp_path / "logs"),
+            "motion.regions": [{"name": "door", "rect": [0, 0, 320, 240]}],
+            "motion.masks": [[0, 0, 640, 60]],  # the clock along the top
+        }
+    )
+    bus = EventBus()
+    motion = Motion(config.section("motion"), bus, ComponentStatus("motion"), (640, 480), (160, 120))
+    frame = np.zeros((120, 160, 3), np.uint8)
+    frame_id = [0]
+
+    def measured() -> dict[str, int]:
+        frame_id[0] += 1
+        motion.process(frame, FrameMeta(frame_id=frame_id[0], ts=time.time(), mono=time.monotonic()))
+        return {g["name"]: g["measured_pixels"] for g in motion.layout()["active"]}
+
+    door = measured()["door"]  # 320x240 less the clock's 320x60, on the 160x120 ring: about 80 x 45 (the mask's edge row)
+    assert abs(door - 80 * 45) <= 80
+    bus.publish("ptz.view", preset=1, name="Press", regions=[{"name": "press", "rect": [0, 0, 320, 240]}], masks=None)
+    assert measured() == {"press": door}  # its own region, the clock still masked
+    bus.publish("ptz.view", preset=2, name="Yard", regions=None, masks=[[0, 60, 320, 60]])  # a tree under the clock
+    with_tree = measured()["door"]
+    assert abs(with_tree - 80 * 30) <= 160 and with_tree < door
+    regions, masks, source = motion.watched()
+    assert source == "motion.regions" and masks == [[0, 0, 640, 60], [0, 60, 320, 60]]
+    bus.publish("ptz.view", preset=None, name=None, regions=None, masks=None)
+    assert measured() == {"door": door}
+
+
 def test_preset_regions_are_checked_like_motion_regions():
     from daemon.config import Config, ConfigError
 
     with pytest.raises(ValueError, match=r"preset 4: region 'a': .*"):
         merged_presets([{"number": 4, "regions": [{"name": "a", "rect": [0.5, 0.5, 0.8, 0.2]}]}], "")
-    with pytest.raises(ValueError, match="preset 4: masks without regions"):
-        merged_presets([{"number": 4, "masks": [[0, 0, 10, 10]]}], "")
+    assert merged_presets([{"number": 4, "masks": [[0, 0, 10, 10]]}], "")[0].masks == [[0, 0, 10, 10]]  # added to motion.masks
     with pytest.raises(ValueError, match="preset 4: regions must be a list"):
         merged_presets([{"number": 4, "regions": "door"}], "")
     with pytest.raises(ConfigError, match=r"ptz\.presets: .*preset 4: region 'a'"):

@@ -397,7 +397,7 @@ SCHEMA: tuple[Key, ...] = (
         "motion.masks",
         list,
         [],
-        "Areas ignored everywhere (burnt-in timestamps, trees): rects or polygons like the regions",
+        "Areas ignored everywhere (burnt-in timestamps, trees): rects or polygons like the regions; a PTZ preset's masks add to them",
         check=check_masks,
     ),
     Key(
@@ -622,7 +622,7 @@ SCHEMA: tuple[Key, ...] = (
         list,
         [],
         "Presets: {number 0..254, name, settle_s (longest wait for the picture to settle), zone [x, y, w, h] where people are counted, "
-        "regions and masks (this view's own motion regions, as motion.regions)}",
+        "regions (this view's own motion regions, as motion.regions) and masks (added to motion.masks here)}",
         check=check_presets,
     ),
     Key(

@@ -99,15 +99,17 @@ class MotionCommands:
     def _cmd_regions(self, args: list[str], session: Session) -> Reply:
         motion = self._motion
         layout = motion.layout()
+        regions, masks, _source = motion.watched()
         body = {
             "frame_size": list(motion.frame_size),
             "ring_size": list(motion.ring_size),
             "regions": self._cfg.regions,
             "masks": self._cfg.masks,
+            "in_use": {"regions": regions, "masks": masks},  # a PTZ preset's own regions, and its masks added
             **layout,
         }
-        refused = len(layout["errors"])
-        text = f"{len(layout['active'])} regions active" + (f", {refused} refused" if refused else "")
+        refused, active = len(layout["errors"]), len(layout["active"])
+        text = f"{active} region{'' if active == 1 else 's'} active" + (f", {refused} refused" if refused else "")
         if layout["from"] != "motion.regions":
             text += f" (the PTZ camera's {layout['from']} has its own; motion.regions apply elsewhere)"
         return Reply(True, text, body=body)

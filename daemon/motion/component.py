@@ -9,9 +9,10 @@ validated (`regions.py`) and compiled on whatever thread changed the config
 and installed by the capture thread on its next frame: one attribute swap, no
 lock on the hot path. The commands are in `commands.py`.
 
-Which regions: `motion.regions` and `motion.masks`, or a PTZ preset's own
-while the camera is there, as `views.py` tells (from the `ptz.view` event);
-regions the camera moved away from stay listed as unwatched.
+Which regions: `motion.regions`, or a PTZ preset's own while the camera is
+there, and `motion.masks` with the preset's masks added, as `views.py` tells
+(from the `ptz.view` event); regions the camera moved away from stay listed
+as unwatched.
 
 Resets. Anything that changes the picture without the scene changing must
 not read as motion: the background is re-baselined and judgement suppressed
@@ -543,6 +544,10 @@ class Motion:
             "passes": [p.plan.describe() for p in self._passes],
             "errors": list(self._region_errors),
         }
+
+    def watched(self) -> tuple[Any, Any, str]:
+        """The regions and masks that apply where the camera looks now, and the regions' source (`views.py`)."""
+        return self._views.watched(self._cfg.regions, self._cfg.masks)
 
     def watching(self) -> dict[str, Any]:
         """Where the measured regions come from: "motion.regions" or "preset N" (see `views.py`)."""

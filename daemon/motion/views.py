@@ -1,10 +1,11 @@
 """Which regions Motion measures, and the ones the camera moved away from.
 
-`motion.regions` and `motion.masks`, unless a PTZ camera is at a preset that
-has regions of its own: the PTZ component publishes `ptz.view` after every
-move (the preset, with its `regions` and `masks`, or none after `home`, an
-absolute move, a zoom or a failed move), and while the camera shows such a
-preset its regions and masks are the ones measured. Motion keeps a region's
+`motion.regions`, unless a PTZ camera is at a preset that has regions of its
+own: the PTZ component publishes `ptz.view` after every move (the preset,
+with its `regions` and `masks`, or none after `home`, an absolute move, a
+zoom or a failed move), and while the camera shows such a preset its regions
+are the ones measured. `motion.masks` apply everywhere (a burnt-in clock does
+not move with the camera); a preset's `masks` add to them while it is shown. Motion keeps a region's
 machine state by name across a change. One that leaves the picture because
 the camera moved stays listed (`Motion.region_states`, `motion`, health,
 MQTT) with state UNKNOWN and `watched: false`, so a dashboard keeps its
@@ -50,11 +51,12 @@ class Views:
         return not same
 
     def watched(self, configured_regions: Any, configured_masks: Any) -> tuple[Any, Any, str]:
-        """The regions, masks and their source name for where the camera looks now."""
+        """The regions, masks and the regions' source name for where the camera looks now."""
         view = self._view
+        masks = [*configured_masks, *(view["masks"] or [])]
         if view["regions"] is None:
-            return configured_regions, configured_masks, CONFIGURED
-        return view["regions"], view["masks"] or [], f"preset {view['preset']}"
+            return configured_regions, masks, CONFIGURED
+        return view["regions"], masks, f"preset {view['preset']}"
 
     def moved(self, source: str) -> bool:
         """Whether installing regions of `source` means the camera looks elsewhere than the installed ones'."""

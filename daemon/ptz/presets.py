@@ -5,10 +5,11 @@ memory slot (0..254), a name for the report, the longest wait for the picture
 to settle after the camera arrives (empty: `ptz.settle_s`), the part of the
 picture where people are counted (`[x, y, w, h]` in pixels of the full frame,
 or fractions 0..1; empty: all of it), and the motion regions and masks of
-this view, written as `motion.regions` and `motion.masks` are. A preset
-without `regions` is watched with `motion.regions` and `motion.masks`; with
-`regions` (even an empty list) its own regions and masks replace them while
-the camera is there (`view_event`, which Motion listens to). The seed's JSON file
+this view, written as `motion.regions` and `motion.masks` are. With
+`regions` (even an empty list) the preset's own regions replace
+`motion.regions` while the camera is there; its `masks` add to `motion.masks`
+(a burnt-in clock stays where it is whatever the camera looks at; a tree is
+this view's). `view_event` carries them to Motion. The seed's JSON file
 (`{"presets": [{"number": 1, "name": "Entrance"}, ...]}`, or a bare list) is
 accepted through `ptz.presets_file`; presets in the config win over the file's
 of the same number.
@@ -39,8 +40,8 @@ class Preset:
     name: str
     settle_s: float | None = None  # None: ptz.settle_s
     zone: tuple[float, float, float, float] | None = None
-    regions: list[Any] | None = None  # None: motion.regions and motion.masks apply at this preset
-    masks: list[Any] | None = None
+    regions: list[Any] | None = None  # None: motion.regions apply at this preset
+    masks: list[Any] | None = None  # added to motion.masks at this preset
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"number": self.number, "name": self.name}
@@ -128,8 +129,6 @@ def parse_preset(item: Any, index: int) -> Preset:
         if not math.isfinite(settle_s) or not 0 <= settle_s <= 600:
             raise ValueError(f"{where}: settle_s {settle_s:g} is not 0..600")
     regions, masks = _motion_part(item, "regions", check_regions, where), _motion_part(item, "masks", check_masks, where)
-    if masks is not None and regions is None:
-        raise ValueError(f"{where}: masks without regions: give the preset its own regions too (or put the masks in motion.masks)")
     return Preset(number, name, settle_s, _zone(item.get("zone"), where), regions, masks)
 
 
@@ -149,7 +148,7 @@ def _motion_part(item: dict, key: str, check: Any, where: str) -> list[Any] | No
 
 def view_event(preset: Preset | None) -> dict[str, Any]:
     """The data of a `ptz.view` event: where the camera now looks (`preset` None: not at a preset, or unknown after a
-    failed move) and the motion regions and masks that apply there (None: motion.regions and motion.masks)."""
+    failed move), the motion regions that apply there (None: motion.regions) and the masks it adds to motion.masks."""
     if preset is None:
         return {"preset": None, "name": None, "regions": None, "masks": None}
     return {"preset": preset.number, "name": preset.name, "regions": preset.regions, "masks": preset.masks}
