@@ -10,6 +10,8 @@ failures: the exit status is non-zero only when a script could not run.
 
 from __future__ import annotations
 
+import argparse
+import ast
 import os
 import platform
 import subprocess
@@ -43,12 +45,29 @@ def machine() -> str:
     )
 
 
+def _about(name: str) -> str:
+    """The first line of a benchmark script's docstring."""
+    try:
+        doc = ast.get_docstring(ast.parse((HERE / f"{name}.py").read_text()))
+    except (OSError, SyntaxError):
+        doc = None
+    return (doc or "").split("\n", 1)[0]
+
+
 def main(argv: list[str]) -> int:
-    wanted = argv or SCRIPTS
+    width = max(map(len, SCRIPTS))
+    ap = argparse.ArgumentParser(
+        prog="run_all.py",
+        description="Run picamd's benchmarks, one after the other, each in its own process, and sum up their verdicts "
+        "(missed targets are figures, not failures: the exit status is 1 only when a benchmark could not run).",
+        epilog="benchmarks:\n" + "\n".join(f"  {name:<{width}}  {_about(name)}" for name in SCRIPTS),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ap.add_argument("names", nargs="*", metavar="NAME", help="the benchmarks to run, in this order (default: all of them)")
+    wanted = ap.parse_args(argv).names or SCRIPTS
     unknown = [w for w in wanted if w not in SCRIPTS]
     if unknown:
-        print(f"unknown benchmark(s): {', '.join(unknown)}; known: {', '.join(SCRIPTS)}", file=sys.stderr)
-        return 2
+        ap.error(f"unknown benchmark(s): {', '.join(unknown)}; known: {', '.join(SCRIPTS)}")
     print(f"picamd benchmarks on {machine()}\n", flush=True)
     verdicts: list[str] = []
     failed: list[str] = []

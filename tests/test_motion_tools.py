@@ -278,13 +278,21 @@ class LiveCamera(HttpRig):
     def __init__(self) -> None:
         self.scene = Scene(self.FRAME, VIDEO_RECT)
         self.machine_running = threading.Event()
+        self.control_port: int | None = None  # what /health reports as the command port; None: it says nothing of it
         super().__init__(
             frame_size=self.FRAME,
             ring_size=self.RING,
             ring_slots=8,
             values={"mjpeg.max_fps": 20.0},
             frame=lambda _fid: self.scene.frame(self.machine_running.is_set()),
+            health=self.daemon_health,
         )
+
+    def daemon_health(self) -> dict:
+        health = self.health()
+        if self.control_port is not None:
+            health["clients"] = {"control": {"listening": True, "port": self.control_port, "clients": 0}}
+        return health
 
 
 @pytest.fixture(scope="module")
@@ -332,6 +340,8 @@ def test_calibrate_live_prompts_for_running_then_stopped(camera, tmp_path, via):
     ]
     if via == "snapshot":
         args += ["--snapshot", "--fps", "10"]
+    else:
+        camera.control_port = 27999  # a daemon whose command port is not the default; the snapshot run's says nothing of it
     proc = subprocess.Popen(
         args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=tool_env()
     )
@@ -351,6 +361,7 @@ def test_calibrate_live_prompts_for_running_then_stopped(camera, tmp_path, via):
         stdout, stderr = proc.communicate(timeout=60)
     finally:
         camera.machine_running.clear()
+        camera.control_port = None
         if proc.poll() is None:
             proc.kill()
             proc.wait()
@@ -360,7 +371,8 @@ def test_calibrate_live_prompts_for_running_then_stopped(camera, tmp_path, via):
     assert data["frames"]["running"] >= 10 and data["frames"]["stopped"] >= 10
     assert data["best"]["efficiency"] >= 0.9
     assert Config.load(out).get("motion.regions")[0]["rect"] == VIDEO_RECT
-    assert "nc 127.0.0.1 9999" in stdout
+    # The hint to apply it live names the daemon's host and the command port its /health reports (else the default).
+    assert f'echo "LINE" | nc 127.0.0.1 {27999 if via == "stream" else 9999})' in stdout
 
 
 def test_calibrate_without_an_answer_on_stdin_says_to_use_labels(camera, tmp_path):
@@ -685,3 +697,44 @@ def test_chart_reads_the_summaries_alone_and_mixed_with_per_frame_logs(summary_l
     img = cv2.imread(str(png))
     for bgr in ((80, 175, 76), (0, 152, 255), (181, 81, 63), (235, 235, 235), (140, 200, 140)):  # bands, and moving bars
         assert np.all(img == bgr, axis=2).sum() > 100, bgr
+
+
+def test_chart_draws_a_sparse_summary_over_its_whole_minute_and_ends_idle_at_a_change_at_the_end(tmp_path):
+    # A minute summarised from 145 frames (a slow camera) on a chart whose minute spans far more columns than that,
+    # and the RUNNING change that ends the idle stretch is the last record of all: the period ends on it.
+    minute = 1_716_200_040.0
+    log_dir = tmp_path / "logs"
+    log_dir.mkdir()
+    summary = {"ts": minute + 0.05, "end": minute + 59.6, "region": "press1", "frames": 145, "judged": 145, "moving_frames": 0}
+    summary |= {"mean_fraction": 0.001, "max_fraction": 0.002, "state": "STOPPED"}
+    (log_dir / "summary_press1.jsonl").write_text(json.dumps(summary) + "\n")
+    changes = [
+        {"event": "motion.state", "ts": minute - 30.0, "region": "press1", "old": "RUNNING", "new": "STOPPED"},
+        {"event": "motion.state", "ts": minute + 77.5, "region": "press1", "old": "STOPPED", "new": "RUNNING"},
+    ]
+    (log_dir / "state_changes.jsonl").write_text("".join(json.dumps(c) + "\n" for c in changes))
+    page_file = tmp_path / "motion.html"
+    res = run_tool(CHART, log_dir, "--utc", "--html", page_file)
+    assert res.returncode == 0, res.stderr
+
+    page = page_file.read_text()
+    data = chart_data(page, "press1")
+    assert data["start"] == minute - 30.0 and data["end"] == minute + 77.5
+    count, covered = np.array(data["count"]), np.array(data["covered"])
+    column = lambda ts: int((ts - data["start"]) / (data["end"] - data["start"]) * data["plot"])  # noqa: E731
+    spanned = slice(column(summary["ts"]), column(summary["end"]) + 1)
+    assert spanned.stop - spanned.start > 2 * 145  # fewer frames than columns
+    assert covered[spanned].all() and covered.sum() == spanned.stop - spanned.start  # the whole minute, nothing else
+    assert count.sum() == count[spanned].sum() == 145 and count.max() == 1
+    assert count[column(minute + 55) : spanned.stop].any()  # whole frames spread to the minute's end too
+    bars = re.findall(r"M([\d.]+) [\d.]+v-", section(page, "press1"))
+    assert len(bars) == spanned.stop - spanned.start
+
+    # The idle stretch ends at the change to RUNNING, though the period ends there too.
+    rows = re.findall(r'<tr class="idle"><td>([^<]*)</td><td>([^<]*)</td>', section(page, "press1"))
+    assert rows == [("2024-05-20 10:13:30 (or earlier)", "2024-05-20 10:15:17")]
+    assert "still idle" not in res.stdout and "to 2024-05-20 10:15:17: 1m48s" in res.stdout
+    # Ended earlier, the period ends while still idle, and says so.
+    res = run_tool(CHART, log_dir, "--utc", "--until", "2024-05-20T10:15:10", "--html", page_file)
+    assert res.returncode == 0, res.stderr
+    assert "to 2024-05-20 10:15:10 (still idle)" in res.stdout

@@ -98,6 +98,7 @@ DEFAULT_BLURS = (0, 5, 9, 15)
 DEFAULT_DILATES = (0, 2, 4)
 DEFAULT_METHODS = ("background", "previous")
 HTTP_TIMEOUT_S = 10.0
+DEFAULT_CONTROL_PORT = 9999  # the hint's command port when neither /health nor --config gives one (control.port 0: picked at start)
 MIN_FRAMES = 30  # of each label: with fewer, a score says more about chance than about the setting
 
 
@@ -402,6 +403,7 @@ class DaemonFrames:
         self.fps = fps
         self.snapshot = snapshot
         self.undecodable = 0
+        self._health: dict[str, Any] | None = None
 
     # -- plain HTTP
     def get(self, path: str) -> tuple[int, dict[str, str], bytes]:
@@ -425,13 +427,21 @@ class DaemonFrames:
         finally:
             conn.close()
 
+    def health(self) -> dict[str, Any]:
+        """The daemon's /health (asked once), or {} when it does not answer it with a JSON object."""
+        if self._health is None:
+            status, _, body = self.get("/health")
+            try:
+                health = json.loads(body) if status == 200 else {}
+            except ValueError:
+                health = {}
+            self._health = health if isinstance(health, dict) else {}
+        return self._health
+
     def sizes(self) -> tuple[tuple[int, int], tuple[int, int]] | None:
         """(camera frame size, ring frame size) from the daemon's /health, or None when it does not say."""
-        status, _, body = self.get("/health")
-        if status != 200:
-            return None
+        health = self.health()
         try:
-            health = json.loads(body)
             frame = tuple(int(v) for v in health["camera"]["frame_size"])
             ring = tuple(int(v) for v in health["ring"]["frame_size"])
         except (ValueError, KeyError, TypeError):
@@ -439,6 +449,13 @@ class DaemonFrames:
         if len(frame) != 2 or len(ring) != 2 or min(frame + ring) < 1:
             return None
         return frame, ring
+
+    def control_port(self) -> int | None:
+        """The port the daemon's command port listens on, from its /health, or None when it does not say."""
+        clients = self.health().get("clients")
+        control = clients.get("control") if isinstance(clients, dict) else None
+        port = control.get("port") if isinstance(control, dict) else None
+        return port if isinstance(port, int) and not isinstance(port, bool) and 0 < port < 65536 else None
 
     def first_image(self) -> np.ndarray:
         status, _, body = self.get("/snapshot.jpg")
@@ -809,9 +826,9 @@ def snippet_text(entry: dict[str, Any], best: Score, info: dict[str, Any], runni
     return "".join(f"# {c}\n" for c in comments) + body
 
 
-def live_lines(entry: dict[str, Any], best: Score, host: str | None) -> str:
+def live_lines(entry: dict[str, Any], best: Score, host: str | None, port: int) -> str:
     s = best.setting
-    how = f'echo "LINE" | nc {host} 9999' if host else 'echo "LINE" | nc HOST 9999'
+    how = f'echo "LINE" | nc {host or "HOST"} {port}'
     out = [
         f"# To apply it live, send these lines to the command port ({how}), then `overwrite_config` to keep them.",
         f"set motion.method {s.method}",
@@ -922,7 +939,7 @@ def run(args: argparse.Namespace) -> int:
         frame_size = args.frame_size or video.size
         ring_size = ring_size_for(args.ring or config.get("ring.downscale"), frame_size)
         origin = Path(args.video).name
-        host = None
+        host, port = None, config.get("control.port") or DEFAULT_CONTROL_PORT
     else:
         daemon = DaemonFrames(args.url, args.fps, args.snapshot)
         source = daemon
@@ -946,7 +963,8 @@ def run(args: argparse.Namespace) -> int:
         else:
             ring_size = ring_size_for(config.get("ring.downscale"), frame_size)
         origin = daemon.shown
-        host = daemon.host
+        # The command port the daemon reports; else the one --config gives, else the default.
+        host, port = daemon.host, daemon.control_port() or config.get("control.port") or DEFAULT_CONTROL_PORT
 
     if args.rect is None and args.polygon is None:
         args.rect = select_region(source.first_image(), frame_size)
@@ -1052,7 +1070,7 @@ def run(args: argparse.Namespace) -> int:
         write_atomic(args.out, snippet.encode())
         print(f"config snippet written to {args.out}")
     print("\n" + snippet)
-    print(live_lines(entry, best, host))
+    print(live_lines(entry, best, host, port))
     if args.json:
         report = {
             **info,

@@ -321,7 +321,7 @@ class Idle:
     end: float
     deep: bool
     began_before: bool  # idle already when the period starts
-    ongoing: bool  # still idle when the logs end
+    ongoing: bool  # still idle at the end of the period (a change at the very end, with no time left to show, counts)
 
     @property
     def duration(self) -> float:
@@ -385,8 +385,11 @@ def timeline(
     end: float,
     gap_s: float,
     summaries: list[Summary] | None = None,
-) -> list[tuple[float, float, str]]:
-    """Segments (from, to, state) covering [start, end]; see the module doc for the rules."""
+) -> tuple[list[tuple[float, float, str]], str]:
+    """Segments (from, to, state) covering [start, end], and the state at `end`; see the module doc for the rules.
+
+    The state at `end` is told apart because a change at `end` itself (the period ends at the last record, and that
+    may be a change) has no time left to show as a segment, yet ends the state before it."""
     points = _points(frames, summaries or [], changes, gap_s)
     segments: list[list[Any]] = []
 
@@ -423,12 +426,14 @@ def timeline(
     if prev is not None and prev[3] and end - prev[0] > gap_s:
         emit(cursor, prev[0], state)
         emit(prev[0], end, NO_DATA)
+        state = NO_DATA
     else:
         emit(cursor, end, state)
-    return [(a, b, s) for a, b, s in segments]
+    return [(a, b, s) for a, b, s in segments], state
 
 
-def idle_periods(segments: list[tuple[float, float, str]], start: float, end: float) -> list[Idle]:
+def idle_periods(segments: list[tuple[float, float, str]], start: float, end: float, final: str) -> list[Idle]:
+    """The idle stretches of `segments`; `final` is the state at `end` (see `timeline`)."""
     out: list[Idle] = []
     for a, b, state in segments:
         if state not in IDLE:
@@ -439,7 +444,7 @@ def idle_periods(segments: list[tuple[float, float, str]], start: float, end: fl
         else:
             out.append(Idle(a, b, state == DEEP_SLEEP, began_before=a <= start, ongoing=False))
     for period in out:
-        period.ongoing = period.end >= end
+        period.ongoing = period.end >= end and final in IDLE
     return out
 
 
@@ -469,7 +474,7 @@ def build_reports(logs: Logs, start: float, end: float, gap_s: float) -> list[Re
             and not any(c.ts < start for c in changes)
         ):
             continue  # nothing of this region in or before the period
-        segments = timeline(frames, changes, start, end, gap_s, summaries)
+        segments, final = timeline(frames, changes, start, end, gap_s, summaries)
         totals: dict[str, float] = {}
         for a, b, state in segments:
             totals[state] = totals.get(state, 0.0) + (b - a)
@@ -479,7 +484,7 @@ def build_reports(logs: Logs, start: float, end: float, gap_s: float) -> list[Re
                 machine_id=logs.machine_ids.get(name),
                 segments=segments,
                 totals=totals,
-                idle=idle_periods(segments, start, end),
+                idle=idle_periods(segments, start, end, final),
                 changes=[c for c in changes if start <= c.ts <= end],
                 samples=samples(frames, summaries, start, end),
             )
@@ -587,22 +592,23 @@ def _nice_max(value: float) -> float:
 
 
 def _spread(n: float, k: int) -> np.ndarray:
-    """n frames over k columns as whole numbers that add up to n."""
-    base, extra = divmod(int(n), k)
-    out = np.full(k, float(base))
-    out[:extra] += 1
-    return out
+    """n frames over k columns as whole numbers that add up to n, evenly: with fewer frames than columns, every few columns."""
+    edges = (np.arange(k + 1) * int(n)) // k
+    return np.diff(edges).astype(np.float64)
 
 
-def bins(rows: np.ndarray, start: float, end: float, columns: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Per column: highest fraction, mean fraction of the judged frames, moving frames, frames (0 where none).
+def bins(rows: np.ndarray, start: float, end: float, columns: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per column: highest fraction, mean fraction of the judged frames, moving frames, frames (0 where none), and
+    whether any record covers it.
 
-    `rows` are `samples()`; a summary spanning several columns is spread over them evenly."""
+    `rows` are `samples()`; a summary spanning several columns covers them all and is spread over them evenly, so a
+    column of a summary with fewer frames than columns may hold no whole frame and still be drawn."""
     peak = np.zeros(columns)
     total = np.zeros(columns)
     moving = np.zeros(columns)
     count = np.zeros(columns)
     judged = np.zeros(columns)
+    covered = np.zeros(columns, bool)
     if len(rows):
         scale = columns / (end - start)
         first = np.clip(((rows[:, 0] - start) * scale).astype(np.int64), 0, columns - 1)
@@ -614,16 +620,18 @@ def bins(rows: np.ndarray, start: float, end: float, columns: int) -> tuple[np.n
         np.add.at(moving, col, rows[one, 4])
         np.add.at(count, col, rows[one, 5])
         np.add.at(judged, col, rows[one, 6])
+        covered[col] = True
         for i in np.flatnonzero(~one):
             span = slice(int(first[i]), int(last[i]) + 1)
             k = span.stop - span.start
+            covered[span] = True
             peak[span] = np.maximum(peak[span], rows[i, 2])
             total[span] += rows[i, 3] / k
             moving[span] += _spread(rows[i, 4], k)
             count[span] += _spread(rows[i, 5], k)
             judged[span] += rows[i, 6] / k
     mean = np.divide(total, judged, out=np.zeros(columns), where=judged > 0)
-    return peak, mean, moving, count
+    return peak, mean, moving, count, covered
 
 
 def render_png(reports: list[RegionReport], start: float, end: float, clock: Clock, width: int, title: str, notes: list[str]) -> np.ndarray:
@@ -664,8 +672,7 @@ def render_png(reports: list[RegionReport], start: float, end: float, clock: Clo
             cv2.rectangle(img, (x0, band_top), (x1 - 1, band_top + band_h), COLOURS[state], -1)
         cv2.rectangle(img, (left, band_top), (left + plot_w, band_top + band_h), (120, 120, 120), 1)
         # The fraction plot.
-        peak, mean, moving, count = bins(rep.samples, start, end, plot_w)
-        covered = count > 0
+        peak, mean, moving, _count, covered = bins(rep.samples, start, end, plot_w)
         top_value = float(np.percentile(rep.samples[:, 2], 99.5)) if len(rep.samples) else 0.0
         ymax = _nice_max(max(top_value, 0.005))
         cv2.rectangle(img, (left, plot_top), (left + plot_w, plot_bottom), (245, 245, 245), -1)
@@ -783,8 +790,9 @@ for (const chart of document.querySelectorAll(".chart")) {
     const col = Math.min(data.plot - 1, Math.max(0, Math.floor(x - data.left)));
     let state = "";
     for (const [a, b, s] of data.segments) { if (ts >= a && ts <= b) { state = s; break; } }
-    const frac = data.count[col] ? "highest fraction " + data.peak[col].toFixed(4) + ", mean " + data.mean[col].toFixed(4) +
-      " over " + data.count[col] + " frames" : "no frames";
+    // A column of a summary with fewer frames than columns holds no whole frame but is covered all the same.
+    const frac = data.covered[col] ? "highest fraction " + data.peak[col].toFixed(4) + ", mean " + data.mean[col].toFixed(4) +
+      (data.count[col] ? " over " + data.count[col] + " frames" : " (part of a summary)") : "no frames";
     readout.textContent = when(ts) + "  " + state + "  " + frac;
     cursor.setAttribute("x1", x); cursor.setAttribute("x2", x); cursor.style.display = "";
   });
@@ -811,7 +819,7 @@ def _svg(rep: RegionReport, start: float, end: float, clock: Clock, chart_id: st
             f"<title>{html.escape(tip)}</title></rect>"
         )
     parts.append(f'<rect x="{left}" y="{plot_y}" width="{plot}" height="{plot_h}" fill="#f6f6f6" stroke="#999"/>')
-    peak, mean, moving, count = bins(rep.samples, start, end, plot)
+    peak, mean, _moving, count, covered_columns = bins(rep.samples, start, end, plot)
     top_value = float(np.percentile(rep.samples[:, 2], 99.5)) if len(rep.samples) else 0.0
     ymax = _nice_max(max(top_value, 0.005))
     for frac in (0.5, 1.0):
@@ -824,7 +832,7 @@ def _svg(rep: RegionReport, start: float, end: float, clock: Clock, chart_id: st
         parts.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{plot_y}" y2="{plot_y + plot_h + 4}" stroke="#ddd"/>')
         label = html.escape(clock.dt(t).strftime(fmt))
         parts.append(f'<text x="{x:.1f}" y="{height - 6}" font-size="11" text-anchor="middle" fill="#444">{label}</text>')
-    covered = np.flatnonzero(count > 0)
+    covered = np.flatnonzero(covered_columns)
     bars = []
     for c in covered:
         h = min(peak[c] / ymax, 1.0) * plot_h
@@ -860,6 +868,7 @@ def _svg(rep: RegionReport, start: float, end: float, clock: Clock, chart_id: st
         "peak": [round(float(v), 4) for v in peak],
         "mean": [round(float(v), 4) for v in mean],
         "count": [int(v) for v in count],
+        "covered": [int(v) for v in covered_columns],
     }
     blob = json.dumps(data, separators=(",", ":")).replace("</", "<\\/")
     return (
