@@ -237,6 +237,8 @@ class App:
             config.section("ptz").section("report"), config.section("notify").section("email"), config.get("camera.name"), os.environ
         ):
             self.notifier.add_channel(channel)
+            if problem := channel.problem():
+                log.warning("%s", problem)
 
         self.registry = Registry(token=lambda: config.get("control.token"))
         self._register_commands()

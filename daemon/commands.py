@@ -106,7 +106,9 @@ class Registry:
         self._lock = threading.Lock()
         self._token = token
         self._errlog = RepeatedLog(log)
-        self.register(Command("help", self._help, "List the commands, or show one", usage="[COMMAND]", max_args=1))
+        self.register(
+            Command("help", self._help, "List the commands, or show one (or one subcommand)", usage="[COMMAND [SUBCOMMAND]]", max_args=2)
+        )
         self.register(
             Command("token", self._auth, "Authorise this connection for commands that change state", usage="SECRET", min_args=1, max_args=1)
         )
@@ -202,6 +204,14 @@ class Registry:
             if not subs:
                 return Reply.error(f"unknown command {args[0][:40]!r}")
             entries = sorted(subs.values(), key=lambda c: c.sub)
+            if len(args) == 2:
+                known = [c.sub for c in entries if c.sub]
+                one = subs.get(args[1].lower())
+                if one is None:
+                    if not known:
+                        return Reply.error(f"{entries[0].name} has no subcommands")
+                    return Reply.error(f"unknown subcommand {args[1][:40]!r} of {entries[0].name}; known: {', '.join(known)}")
+                return Reply(True, one.full_name, text=f"{one.usage_line()}\n  {described(one)}")
             return Reply(True, entries[0].name, text="\n".join(f"{c.usage_line()}\n  {described(c)}" for c in entries))
         everything = self.commands()
         width = max(len(c.usage_line()) for c in everything)

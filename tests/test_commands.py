@@ -79,6 +79,27 @@ def test_help_lists_every_subcommand_with_its_lock():
         reg.register(Command("sweep", lambda a, s: Reply(True), "again", sub="status"))
 
 
+def test_help_shows_one_subcommand_over_the_command_port():
+    reg, calls = registry_with_subcommands(token="s3cret")
+    config = Config({"control.bind": "127.0.0.1", "control.port": 0, "control.script_linger_s": 0.2})
+    server = ControlServer(config.section("control"), reg, ComponentStatus("control"))
+    server.start()
+    try:
+        assert server.port
+        add, cancel, unknown, plain, token_sub, too_many = replies(
+            send(server.port, "help region add", "HELP sweep Cancel", "help region move", "help sweep", "help token x", "help a b c")
+        )
+        assert add.splitlines() == ["OK region add", "region add NAME X Y W H", "  Add a region (needs token)"]
+        assert cancel.splitlines() == ["OK sweep cancel", "sweep cancel", "  Cancel the sweep (needs token)"]
+        assert unknown == "ERR unknown subcommand 'move' of region; known: add, del"
+        assert plain.splitlines()[0] == "OK sweep" and "sweep status" in plain and "sweep cancel" in plain
+        assert token_sub == "ERR token has no subcommands"
+        assert too_many == "ERR usage: help [COMMAND [SUBCOMMAND]]"
+        assert calls == []
+    finally:
+        server.stop()
+
+
 def test_night_without_argument_answers_without_the_token_over_the_command_port():
     config = Config({"control.bind": "127.0.0.1", "control.port": 0, "control.token": "s3cret", "control.script_linger_s": 0.2})
     registry = Registry(token=lambda: config.get("control.token"))

@@ -1,4 +1,4 @@
-"""The shared primitives: the `Latest` hand-off, the `Worker` thread and `RepeatedLog`."""
+"""The shared primitives: the `Latest` hand-off, the `Worker` thread, `RepeatedLog` and `ComponentStatus`."""
 
 from __future__ import annotations
 
@@ -172,3 +172,27 @@ def test_component_status_rate_limits_its_error_log(caplog):
             status.error("save failed", OSError(28, "No space left on device"))
     assert status.errors == 500
     assert len([r for r in caplog.records if "save failed" in r.getMessage()]) == 1
+
+
+# -- ComponentStatus
+
+
+def test_starting_is_not_ok_but_no_fault_in_the_log_and_a_real_failure_still_warns(caplog):
+    status = ComponentStatus("probe")
+    with caplog.at_level(logging.INFO, logger="picamd.probe"):
+        status.starting("connecting to the broker 127.0.0.1:1883")
+        assert not status.ok and status.state == "starting (connecting to the broker 127.0.0.1:1883)"
+        status.recover()
+        assert status.ok and status.state == "ok"
+        quiet = [(r.levelno, r.getMessage()) for r in caplog.records]
+        assert quiet == [(logging.INFO, "probe: connecting to the broker 127.0.0.1:1883")]  # no "recovered after 0.0 s"
+        caplog.clear()
+        status.starting("connecting to the broker 127.0.0.1:1883")
+        status.degrade("cannot connect to the broker 127.0.0.1:1883")
+        assert status.state == "degraded (cannot connect to the broker 127.0.0.1:1883)"
+        status.recover()
+    assert [(r.levelno, r.getMessage().split(" after ")[0]) for r in caplog.records] == [
+        (logging.INFO, "probe: connecting to the broker 127.0.0.1:1883"),
+        (logging.WARNING, "probe degraded: cannot connect to the broker 127.0.0.1:1883"),
+        (logging.INFO, "probe recovered"),
+    ]

@@ -20,6 +20,7 @@ import pytest
 from daemon_proc import wait_for
 from rigs import HttpRig, request
 
+from daemon import __version__
 from daemon.capture.ring import FrameMeta
 from daemon.commands import Registry
 
@@ -423,7 +424,22 @@ def test_health_callable_failure_answers_500_and_server_goes_on():
 
 
 def test_unknown_path_wrong_method_and_junk(rig):
-    assert request(rig.port, "/nope")[0] == 404
+    status, headers, body = request(rig.port, "/nope")
+    assert status == 404 and headers["server"] == f"picamd/{__version__}"
+    # The 404 names every path there is, /metrics among them.
+    served = body.decode().splitlines()[1].removeprefix("try ").replace(" or ", ", ").split(", ")
+    assert set(served) == {
+        "/",
+        "/index.html",
+        "/stream",
+        "/snapshot.jpg",
+        "/health",
+        "/metrics",
+        "/meta",
+        "/meta.json",
+        "/detections",
+        "/regions",
+    }
     assert request(rig.port, "/stream/../etc/passwd")[0] == 404
     for method in ("POST", "PUT", "DELETE", "OPTIONS"):
         status, headers, _ = request(rig.port, "/stream", method=method)

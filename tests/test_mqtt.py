@@ -293,6 +293,10 @@ def test_topics_payloads_and_retained_flags(daemon: Daemon, broker: Broker) -> N
     assert body["mqtt"]["connected"] is True and body["components"]["mqtt"]["state"] == "ok"
     assert body["mqtt"]["broker"] == f"127.0.0.1:{broker.port}" and "mqtt" not in body["degraded"]
     assert PASSWORD not in daemon.log_path.read_text() and PASSWORD not in daemon.cmd("dump_config")
+    # Connecting at start is no fault: said at INFO, neither a degradation nor a recovery in the log.
+    logged = [ln for ln in daemon.log_path.read_text().splitlines() if " picamd.mqtt: mqtt" in ln]
+    assert any(f"INFO picamd.mqtt: mqtt: connecting to the broker 127.0.0.1:{broker.port}" in ln for ln in logged), logged
+    assert not any("degraded" in ln or "recovered" in ln for ln in logged), logged
     # The info topic's URLs are the daemon's real ones.
     status, _headers, raw = daemon.http("/health")
     assert status == 200 and json.loads(raw)["mqtt"]["connected"] is True
@@ -510,7 +514,12 @@ def test_a_broker_restart_loses_nothing_within_the_queue_and_only_the_oldest_bey
         broker.stop()
         assert wait_for(lambda: not health(daemon)["mqtt"]["connected"], 15)
         down = health(daemon)
-        assert "mqtt" in down["degraded"] and "broker" in down["components"]["mqtt"]["state"]
+        assert (
+            "mqtt" in down["degraded"]
+            and down["components"]["mqtt"]["state"].startswith("degraded (")
+            and "broker" in down["components"]["mqtt"]["state"]
+        )
+        assert "WARNING picamd.mqtt: mqtt degraded: " in daemon.log_path.read_text()  # a real loss still warns
         as_owner(daemon, *(["night night", "night day"] * toggles))
         assert wait_for(lambda: settled(down["mqtt"], health(daemon)["mqtt"]), 10), health(daemon)["mqtt"]
         held = health(daemon)["mqtt"]

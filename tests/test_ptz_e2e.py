@@ -85,10 +85,15 @@ def test_reading_is_open_and_moving_needs_the_token(world):
     camera.faults = type(camera.faults)()
     assert first(daemon.cmd("goto 1")) == "ERR goto changes state and needs 'token SECRET' first on this connection"
     assert first(daemon.cmd("sweep")).startswith("ERR sweep changes state and needs")
-    head = first(daemon.cmd("ptz"))
+    reply = replies(daemon.cmd("ptz"))[0]
+    head = reply.splitlines()[0]
     assert head.startswith("OK PTZ idle at pan ") and f"camera 127.0.0.1:{camera.tcp_port} (visca-tcp, address 1)" in head
+    link = reply_json(reply)["link"]  # read after the position inquiry, so it counts the link that inquiry used
+    assert link["connected"] is True and link["requests"] >= 2, link
     presets = reply_json(replies(daemon.cmd("presets"))[0])
     assert [p["name"] for p in presets] == ["Entrance", "Coffee bar", "Studio"]
+    described = replies(daemon.cmd("help presets"))[0].splitlines()[2]
+    assert all(key in described for key in ("number", "name", "settle_s", "zone", "regions", "masks")), described
     out = replies(
         daemon.cmd(f"token {TOKEN}", "goto 2", "pan_tilt 100 -50 10", "zoom 4000", "preset set 300", "preset set 12", "home", "ptz stop")
     )
@@ -196,7 +201,9 @@ def test_sweep_cancel_leaves_a_consistent_partial_report(world):
         body = finished(daemon, run_id)
     finally:
         camera.move_time_s = 0.3
-    assert body["status"] == "cancelled"
+    assert body["status"] == "cancelled" and body["presets_done"] == 1
+    head = first(daemon.cmd("sweep status"))
+    assert head == f"OK sweep {run_id} cancelled: 1 of 3 presets done, 1 people", head
     folder = Path(body["folder"])
     with open(folder / "results" / "count_results.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
@@ -264,3 +271,17 @@ def test_each_preset_watches_its_own_motion_regions_from_the_command_port(world)
         assert "motion: regions now door1b (from preset 1)" in daemon.log()
     finally:
         daemon.cmd(f"token {TOKEN}", f"set ptz.presets {json.dumps(PRESETS)}", "set motion.regions []")
+
+
+def test_a_report_by_mail_without_an_smtp_server_is_named_at_start_and_in_health(tmp_path):
+    daemon = Daemon(tmp_path, overrides={"control.token": TOKEN, "ptz.report.email": True}).start()
+    try:
+        warned = [ln for ln in daemon.log_path.read_text().splitlines() if "ptz.report.email is true" in ln]
+        assert len(warned) == 1 and " WARNING " in warned[0] and "notify.email.smtp_host is empty" in warned[0], warned
+        channel = reply_json(replies(daemon.cmd("health"))[0])["notify"]["channels"]["ptz-email"]
+        assert channel["enabled"] is False and "notify.email.smtp_host is empty" in channel["problem"]
+        assert replies(daemon.cmd(f"token {TOKEN}", "set notify.email.smtp_host 127.0.0.1"))[1].startswith("OK ")
+        channel = reply_json(replies(daemon.cmd("health"))[0])["notify"]["channels"]["ptz-email"]
+        assert channel["enabled"] is True and channel["problem"] is None
+    finally:
+        daemon.stop()

@@ -26,6 +26,7 @@ from smtp_mailbox import Mailbox
 from visca_sim import ViscaCamera
 
 from daemon.capture.ring import FrameMeta
+from daemon.commands import Registry
 from daemon.config import Config
 from daemon.core.bus import EventBus
 from daemon.core.status import ComponentStatus
@@ -330,6 +331,27 @@ def test_cancel_leaves_a_consistent_partial_report(rig_factory, camera):
     with zipfile.ZipFile(event.data["zip"]) as zf:
         assert zf.testzip() is None and any(n.endswith("raw_images/p001_entrance.jpg") for n in zf.namelist())
     assert "stop" in camera.executed  # the camera was stopped, not left moving to preset 2
+
+
+def test_a_cancel_while_settling_says_so_and_counts_no_preset_done(rig_factory, camera):
+    # Threshold 0: the picture never settles early, so the sweep stays settling at preset 1 for settle_s.
+    rig = rig_factory(**{"ptz.settle_threshold": 0.0, "ptz.settle_s": 5.0})
+    registry = Registry()
+    rig.ptz.register_commands(registry)
+    run = rig.ptz.sweeper.start(rig.ptz.select([1, 2, 3]))
+    assert wait_for(lambda: run.rows[0].state == "settling", timeout=10)
+    assert registry.dispatch("sweep cancel").ok
+    assert rig.ptz.sweeper.wait(10)
+    assert [(r.state, r.error) for r in run.rows] == [
+        ("cancelled", "cancelled while settling at this preset, before its picture"),
+        ("cancelled", "not reached: the sweep was cancelled"),
+        ("cancelled", "not reached: the sweep was cancelled"),
+    ]
+    status = registry.dispatch("sweep status")
+    assert status.first_line() == f"OK sweep {run.id} cancelled: 0 of 3 presets done, 0 people"
+    assert status.body["presets_done"] == 0 and rig.ptz.health()["sweep"]["presets_done"] == 0
+    (event,) = rig.done()
+    assert event.data["text"].startswith(f"sweep {run.id} cancelled: 0 people at 0 of 3 presets")
 
 
 def test_snapshot_pictures_with_basic_auth(rig_factory, camera):

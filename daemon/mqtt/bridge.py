@@ -24,8 +24,9 @@ the snapshot are live pictures: they are made only while connected with
 nothing held waiting, so they are never stale and never push a held event
 out. Messages paho still holds when the daemon stops are lost.
 
-Health: the `mqtt` component is degraded while not connected, with why
-(connecting, refused, gone away), and `health` shows the counts.
+Health: the `mqtt` component is `starting` while it first connects (no
+fault: logged at INFO), degraded while it cannot connect or is not connected,
+with why (refused, unreachable, gone away), and `health` shows the counts.
 
 The broker's password comes from the environment (`PICAMD_MQTT_PASSWORD`),
 never from the config, and is never logged. The last will is `offline`,
@@ -184,7 +185,7 @@ class MqttBridge:
         return f"[{host}]:{self._cfg.port}" if ":" in host else f"{host}:{self._cfg.port}"
 
     def start(self) -> None:
-        self.status.degrade(f"connecting to the broker {self.broker}")
+        self.status.starting(f"connecting to the broker {self.broker}")
         self._put(Message(self.topics.available, b"online", retain=True))
         self._put_info()
         try:

@@ -55,7 +55,6 @@ class RequestHandler(BaseHTTPRequestHandler):
     """Answers one request whose request line and headers the reading thread has already received."""
 
     server_version = f"picamd/{__version__}"
-    sys_version = ""
     # 1.1 so that parse_request honours keep-alive; an answer that closes the connection says 1.0 (see _send).
     protocol_version = "HTTP/1.1"
     timeout = None  # the socket's timeout is set by HttpServer (the send timeout)
@@ -74,6 +73,10 @@ class RequestHandler(BaseHTTPRequestHandler):
             self.handle()
         finally:
             self.finish()
+
+    def version_string(self) -> str:
+        # The base class's answer is server_version + " " + sys_version (the Python version): the Server header is ours alone.
+        return self.server_version
 
     def setup(self) -> None:
         super().setup()
@@ -121,7 +124,7 @@ class RequestHandler(BaseHTTPRequestHandler):
             return
         route = _ROUTES.get(url.path)
         if route is None:
-            text = f"not found: {url.path[:200]}\ntry /, /stream, /snapshot.jpg, /meta, /detections, /regions or /health\n"
+            text = f"not found: {url.path[:200]}\ntry {_served_paths()}\n"
             self._send(404, text.encode("utf-8", "replace"), "text/plain; charset=utf-8")
             return
         route(self, url.query)
@@ -221,3 +224,9 @@ _ROUTES: dict[str, Callable[[RequestHandler, str], None]] = {
     "/detections": RequestHandler._detections,
     "/regions": RequestHandler._regions,
 }
+
+
+def _served_paths() -> str:
+    """Every path in the route table, for the 404 text (read from the table so the list cannot drift from it)."""
+    paths = list(_ROUTES)
+    return ", ".join(paths[:-1]) + " or " + paths[-1]

@@ -89,6 +89,10 @@ class Channel(ABC):
         """Strings that must never reach a log line (scrubbed from any error text as a last resort)."""
         return []
 
+    def problem(self) -> str | None:
+        """Why the channel cannot send though it is asked to (a key set, one it needs not), for health; None when nothing is amiss."""
+        return None
+
 
 # --- what an event says, shared by the channels --------------------------------------------------
 
@@ -386,6 +390,7 @@ class Sender:
                 lanes = [lane for lane in self._lanes.values() if lane.channel is channel]
                 per_channel[channel.name] = {
                     "enabled": _safe_enabled(channel),
+                    "problem": _safe_problem(channel),
                     "queued": sum(lane.size() for lane in lanes),
                     "queued_bytes": sum(d.size for lane in lanes for d in (*lane.pending, *([lane.current] if lane.current else []))),
                     # notifications that failed at least once and wait for their next attempt
@@ -538,3 +543,10 @@ def _safe_enabled(channel: Channel) -> bool:
         return bool(channel.enabled())
     except Exception:
         return False
+
+
+def _safe_problem(channel: Channel) -> str | None:
+    try:
+        return channel.problem()
+    except Exception as exc:
+        return f"cannot tell: {type(exc).__name__}"

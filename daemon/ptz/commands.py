@@ -42,7 +42,7 @@ class PtzCommands:
         r = registry.register
         r(Command("ptz", self._cmd_ptz, "PTZ state: link, position (asked from the camera), sweep, last error (JSON)"))
         r(Command("ptz", self._cmd_stop, "Stop the camera now (and cancel a running sweep)", mutating=True, sub="stop"))
-        r(Command("presets", self._cmd_presets, "The configured presets: number, name, settle_s, zone"))
+        r(Command("presets", self._cmd_presets, "The configured presets: number, name, settle_s, zone, regions, masks"))
         r(
             Command(
                 "goto",
@@ -118,9 +118,10 @@ class PtzCommands:
         position_error = None
         if body["enabled"] and ptz.busy_with() is None:
             try:
-                body["position"] = ptz.read_position()
+                ptz.read_position()
             except (PtzError, PtzOff, visca.ViscaProtocolError) as exc:
                 position_error = str(exc)
+            body = ptz.health()  # again after the inquiry, so that the link figures (connected, requests) count it
         body["position_error"] = position_error
         body["last_error"] = ptz.client.last_error
         if not body["enabled"]:
@@ -146,7 +147,9 @@ class PtzCommands:
             return Reply(True, "no sweep yet", body=None)
         p = run.progress()
         eta = f", ETA {p['eta_s']:g} s" if run.running and p["eta_s"] is not None else ""
-        return Reply(True, f"sweep {run.id} {run.status}: {p['presets_done']}/{p['presets']} presets, {p['people']} people{eta}", body=p)
+        failed = sum(1 for r in p["rows"] if r["state"] == "failed")
+        done = f"{p['presets_done']} of {p['presets']} presets done" + (f" ({failed} failed)" if failed else "")
+        return Reply(True, f"sweep {run.id} {run.status}: {done}, {p['people']} people{eta}", body=p)
 
     # -- moving
     def _refused_while_sweeping(self) -> Reply | None:

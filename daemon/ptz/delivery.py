@@ -12,6 +12,8 @@ as ordinary notifications when `notify.events` lists `ptz`):
 - `ptz-webhook`: a JSON POST with the summary and the CSV rows.
 Each attempt has `notify.timeout_s`; failures are retried with the notifier's
 backoff. Tokens and passwords never appear in logs, errors or `health`.
+A report asked for by mail without an SMTP server is the `ptz-email`
+channel's `problem` in health, and a warning at start.
 """
 
 from __future__ import annotations
@@ -124,6 +126,11 @@ class ReportEmailChannel(EmailChannel):
 
     def enabled(self) -> bool:
         return bool(self._report.email) and super().enabled()
+
+    def problem(self) -> str | None:
+        if self._report.email and not super().enabled():
+            return "ptz.report.email is true but notify.email.smtp_host is empty: sweep reports are not mailed until it is set"
+        return None
 
     def destination(self, event: Event) -> str | None:
         return "smtp-report" if event.kind in SWEEP_EVENTS and event.data.get("zip") and self.enabled() else None

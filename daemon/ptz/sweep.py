@@ -58,6 +58,12 @@ SWEEP_FAILED = "ptz.sweep.failed"
 SWEEP_EVENTS = (SWEEP_DONE, SWEEP_FAILED)
 #: How often the waits of a move look at the cancel flag and the heartbeat.
 TICK_S = 0.1
+#: A row's error when its sweep was cut short, by the row's state at that moment.
+CUT_SHORT = {
+    "moving": "while moving to this preset",
+    "settling": "while settling at this preset, before its picture",
+    "counting": "while counting this preset",
+}
 #: How long the end of a sweep waits for the counting worker to finish what was captured.
 COUNT_DRAIN_S = 120.0
 
@@ -173,7 +179,7 @@ class SweepRun:
         return round(left * sum(timed) / len(timed) + (sum(counts) / len(counts) if counts else 0.0), 1)
 
     def progress(self) -> dict[str, Any]:
-        done = sum(1 for r in self.rows if r.state in ("done", "failed", "cancelled"))
+        done = sum(1 for r in self.rows if r.state in ("done", "failed"))  # a cancelled preset was not done
         return {
             "run": self.id,
             "status": self.status,
@@ -359,7 +365,7 @@ class Sweeper:
             settle_max = preset.settle_s if preset.settle_s is not None else float(self._cfg.settle_s)
             picture = source.take(arrived, float(self._cfg.settle_threshold), settle_max, tick)
         except (Cancelled, PictureCancelled):
-            row.state, row.error = "cancelled", "cancelled while moving to this preset"
+            row.state, row.error = "cancelled", f"cancelled {CUT_SHORT[row.state]}"
             return None
         except (PtzError, PictureError) as exc:
             row.state, row.error = "failed", str(exc)
@@ -444,8 +450,13 @@ class Sweeper:
     def _finish(self, run: SweepRun) -> None:
         for row in run.rows:
             if row.state in ("waiting", "moving", "settling", "counting"):
-                row.state = "cancelled" if run.cancel.is_set() else "failed"
-                row.error = row.error or ("not reached: the sweep was cancelled" if run.cancel.is_set() else "not reached")
+                cancelled = run.cancel.is_set()
+                if row.state == "waiting":
+                    why = "not reached: the sweep was cancelled" if cancelled else "not reached"
+                else:
+                    why = f"{'cancelled' if cancelled else 'the sweep stopped'} {CUT_SHORT[row.state]}"
+                row.state = "cancelled" if cancelled else "failed"
+                row.error = row.error or why
         ok = sum(1 for r in run.rows if r.ok)
         if run.cancel.is_set():
             status = "cancelled"
