@@ -16,13 +16,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from daemon import __version__
 from daemon.capture.loop import CaptureLoop
 from daemon.capture.ring import LatestSlot, Ring, plan_capacity
 from daemon.commands import Command, Registry, Reply, Session
-from daemon.config import KEYS, Config, ConfigError, ring_frame_size
+from daemon.config import KEYS, Config, ConfigError, load_value, ring_frame_size
 from daemon.core.bus import EventBus
 from daemon.core.status import ComponentStatus
 from daemon.core.worker import Worker
@@ -71,8 +69,8 @@ def _set_value(key: str, text: str) -> Any:
     spec = KEYS.get(key)
     if spec is not None and spec.kind is str and len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
         try:
-            unquoted = yaml.safe_load(text)
-        except yaml.YAMLError:
+            unquoted = load_value(text)
+        except ValueError:
             return text
         if isinstance(unquoted, str):
             return unquoted

@@ -11,6 +11,7 @@ import os
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -222,6 +223,40 @@ def test_set_empty_clears_a_text_and_reset_restores_the_default(daemon: Daemon) 
 # -- 9: paths ---------------------------------------------------------------------------------------------------
 
 
+def test_hostile_yaml_values_are_refused_at_once_with_the_key(daemon: Daemon) -> None:
+    """441 bytes of nested aliases ("billion laughs") expand to gigabytes once copied or echoed; a value nested a
+    thousand deep overflows Python's recursion. Both are refused as values, one ERR line each, in well under a
+    second, and the connection and daemon carry on."""
+    levels = ["&l0 [" + ", ".join(["1"] * 9) + "]"] + [f"&l{i} [" + ", ".join([f"*l{i - 1}"] * 9) + "]" for i in range(1, 9)]
+    laughs = "[" + ", ".join(levels) + "]"
+    deep = "[" * 1000 + "]" * 1000
+    started = time.monotonic()
+    answers = authorised(
+        daemon,
+        f"set ptz.presets {laughs}",
+        f"set notify.events {laughs}",
+        f"set ptz.presets {deep}",
+        "set control.token two words",
+        "set ptz.presets [{number: 1, regions: [{name: a, polygon: [[0, 0], [10, 0], [10, 10]]}]}]",
+        "set ptz.presets []",
+        "get night.gain",
+    )
+    took = time.monotonic() - started
+    assert answers[0].startswith("ERR ptz.presets: ") and answers[0].endswith(
+        "YAML aliases (*name) are not accepted in a value: write it out"
+    )
+    assert answers[1].startswith("ERR notify.events: ") and "YAML aliases" in answers[1]
+    assert answers[2].startswith("ERR ptz.presets: ") and answers[2].endswith("nested deeper than 32 levels"), answers[2]
+    assert answers[3] == ("ERR control.token: ***: must be one word of printable characters (no spaces): `token SECRET` takes one word"), (
+        answers[3]
+    )
+    assert answers[4].startswith("OK ptz.presets=") and answers[5] == "OK ptz.presets=[] (applied)"
+    assert answers[6].startswith("OK night.gain=")
+    assert took < 10, took  # seconds, not the minutes (and gigabytes) the expansion took
+    assert ask(daemon, f"token {TOKEN}")[0] == "OK authorised"  # the token was not changed
+    assert "Traceback" not in daemon.log()
+
+
 def test_folders_and_files_are_confined_to_the_allowed_roots(daemon: Daemon, tmp_path: Path) -> None:
     for key, value, why in [
         # The daemon runs in the checkout: climb out of it however deep it sits.
@@ -326,13 +361,13 @@ def test_save_edits_a_hand_written_file_in_place_and_rewrites_a_layout_it_cannot
         "control:\n  allow:\n  - 127.0.0.0/8\n  - 10.0.0.0/8\n  port: 9999\n"
     )
     cfg = Config.load(path)
-    for key, value in [("camera.height", 600), ("control.allow", ["127.0.0.0/8"]), ("control.token", "a b#c"), ("night.gain", 4)]:
+    for key, value in [("camera.height", 600), ("control.allow", ["127.0.0.0/8"]), ("control.token", "a:b#c"), ("night.gain", 4)]:
         cfg.set(key, value)
     cfg.set("control.port", 7000, persist=False)  # like --control-port
     assert cfg.save() == (path, ["camera.height", "control.allow", "control.token", "night.gain"])
     assert path.read_text() == (
         "# top\ncamera:\n  width: 640   # my camera\n  # the height\n  height: 600\n"
-        "control:\n  allow: [127.0.0.0/8]\n  port: 9999\n  token: a b#c\n\nnight:\n  gain: 4.0\n"
+        "control:\n  allow: [127.0.0.0/8]\n  port: 9999\n  token: 'a:b#c'\n\nnight:\n  gain: 4.0\n"
     )
     # A section written inline is beyond the line editor: the file is written anew, complete and documented, same values.
     path.write_text("night: {gain: 4}\n")

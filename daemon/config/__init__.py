@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from daemon.config.checks import parse_downscale, ring_frame_size
 from daemon.config.docs import commented_yaml, markdown_table
-from daemon.config.keys import ConfigError, Key
+from daemon.config.keys import ConfigError, Key, load_value
 from daemon.config.live import Config, Section
 from daemon.config.paths import SYSTEM_ROOTS, allowed_roots, path_kind, path_refusal
 from daemon.config.redaction import redact, redact_text
@@ -36,6 +36,7 @@ __all__ = [
     "Section",
     "allowed_roots",
     "commented_yaml",
+    "load_value",
     "markdown_table",
     "parse_downscale",
     "path_kind",

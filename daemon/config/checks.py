@@ -117,6 +117,13 @@ def check_detect_zone(value: list) -> list:
     return [int(v) if v.is_integer() and v > 1 else v for v in nums]
 
 
+def check_token(value: str) -> str:
+    """A token is one word: `token SECRET` takes one, so a token with a space could never be given (and locks out)."""
+    if any(c.isspace() or not c.isprintable() for c in value):
+        raise ValueError("must be one word of printable characters (no spaces): `token SECRET` takes one word")
+    return value
+
+
 def check_bind(value: str) -> str:
     """An IP address, or a name that resolves to one here (localhost, this host's name); never a made-up address."""
     text = value.strip()

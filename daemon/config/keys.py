@@ -51,6 +51,8 @@ class Key:
                 v = self.check(v)
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"{self.name}: {short(redact_text_of(self, self.name, value))}: {exc}") from None
+        except RecursionError:  # a file's value nested past Python's limit (a `set` value is bounded by load_value)
+            raise ConfigError(f"{self.name}: {short(str(value))}: nested too deeply") from None
         return v
 
     def describe_range(self) -> str:
@@ -136,11 +138,45 @@ def coerce(kind: type, value: Any) -> Any:
     raise TypeError(f"unsupported kind {kind}")
 
 
-def _parse_flow(text: str) -> Any:
+#: Bounds of one value given as text (`set`, MQTT commands): far beyond any real config, far below any harm.
+MAX_VALUE_DEPTH = 32
+MAX_VALUE_NODES = 20000
+
+
+class _ValueLoader(yaml.SafeLoader):
+    """YAML for one value from the command port: no aliases (a few hundred bytes of nested `*name` expand to gigabytes
+    when the value is copied, echoed or dumped), and bounded nesting and size. Anchors alone are harmless."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+        self._nodes = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            raise ValueError("YAML aliases (*name) are not accepted in a value: write it out")
+        self._nodes += 1
+        if self._nodes > MAX_VALUE_NODES:
+            raise ValueError(f"more than {MAX_VALUE_NODES} items")
+        self._depth += 1
+        try:
+            if self._depth > MAX_VALUE_DEPTH:
+                raise ValueError(f"nested deeper than {MAX_VALUE_DEPTH} levels")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def load_value(text: str) -> Any:
+    """One value written as YAML or JSON, from text a client sent; ValueError says what is wrong with it."""
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_ValueLoader)  # a SafeLoader, bounded
     except yaml.YAMLError as exc:
         raise ValueError(f"not valid YAML/JSON ({str(exc).splitlines()[0]})") from None
+
+
+def _parse_flow(text: str) -> Any:
+    return load_value(text)
 
 
 # Redaction given the key itself (None for a name the schema does not know): `Key.validate` needs it before the

@@ -15,6 +15,7 @@ from daemon.config.checks import (
     check_http_url,
     check_networks,
     check_roots,
+    check_token,
     host_name,
 )
 from daemon.config.keys import Key
@@ -254,7 +255,14 @@ SCHEMA: tuple[Key, ...] = (
         "Client networks allowed to connect to the command port and the HTTP server",
         check=check_networks,
     ),
-    Key("control.token", str, "", "If set, commands that change state need `token SECRET` first on the connection", secret=True),
+    Key(
+        "control.token",
+        str,
+        "",
+        "If set, commands that change state need `token SECRET` first on the connection (one word, no spaces)",
+        secret=True,
+        check=check_token,
+    ),
     Key("control.max_clients", int, 32, "Most command connections at once", min=1, max=1024),
     Key(
         "control.grace_s",
