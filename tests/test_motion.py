@@ -501,6 +501,7 @@ def test_parse_regions_needs_the_frame_for_bounds(region, problem):
         ({"name": "a", "rect": [0, 0, 10, 10], "machine_id": [1]}, "machine_id"),
         ({"name": "a=b", "rect": [0, 0, 10, 10]}, "names are"),
         ({"name": "", "rect": [0, 0, 10, 10]}, "needs a name"),
+        ({"name": "a", "polygon": [[i, (i * 7) % 50] for i in range(257)]}, "polygon has 257 points; at most 256"),
     ],
 )
 def test_bad_regions_are_refused_with_the_reason(region, problem):
@@ -513,6 +514,16 @@ def test_duplicate_names_and_clashing_log_files_are_refused():
         parse_regions([{"name": "a", "rect": [0, 0, 10, 10]}, {"name": "a", "rect": [5, 5, 10, 10]}], FRAME)
     with pytest.raises(ValueError, match="log file name would clash"):
         parse_regions([{"name": "Press 1", "rect": [0, 0, 10, 10]}, {"name": "Press_1", "rect": [5, 5, 10, 10]}], FRAME)
+
+
+def test_regions_and_masks_are_bounded_in_number():
+    """Each region is measured on every frame: a client on the LAN must not be able to add thousands."""
+    many = [{"name": f"r{i}", "rect": [i, 0, 2, 2]} for i in range(65)]
+    with pytest.raises(ValueError, match=re.escape("65 regions; at most 64 (each is measured on every frame)")):
+        check_regions(many)
+    assert len(check_regions(many[:64])) == 64
+    with pytest.raises(ValueError, match=re.escape("65 masks; at most 64")):
+        parse_masks([[i, 0, 2, 2] for i in range(65)], FRAME)
 
 
 def test_masks_parse_as_rects_and_polygons():

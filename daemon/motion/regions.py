@@ -30,6 +30,8 @@ from typing import Any
 DEFAULT_MIN_FRACTION = 0.05
 MIN_REGION_PX = 2  # smallest region side, in full-frame pixels
 EPS = 1e-9
+MAX_REGIONS = 64  # regions in one list: each is measured on every frame
+MAX_POLYGON_POINTS = 256
 _MAX_NAME = 64
 _NAME_FORBIDDEN = frozenset('=;:,"\\')  # would break the X-Motion header or the command line
 _REGION_KEYS = (
@@ -139,6 +141,8 @@ def _shape(item: Any, where: str) -> tuple[bool, list[Point], bool]:
         return True, [(x, y), (x + w, y), (x + w, y + h), (x, y + h)], fractional
     if not isinstance(poly, (list, tuple)) or len(poly) < 3:
         raise ValueError(f"{where}: polygon needs at least 3 points [[x, y], ...]")
+    if len(poly) > MAX_POLYGON_POINTS:
+        raise ValueError(f"{where}: polygon has {len(poly)} points; at most {MAX_POLYGON_POINTS}")
     points = []
     for i, p in enumerate(poly):
         if not isinstance(p, (list, tuple)) or len(p) != 2:
@@ -255,6 +259,8 @@ def read_regions(raw: Any, frame_size: tuple[int, int] | None) -> tuple[list[tup
     """
     if not isinstance(raw, list):
         raise ValueError("motion.regions must be a list of regions")
+    if len(raw) > MAX_REGIONS:
+        raise ValueError(f"{len(raw)} regions; at most {MAX_REGIONS} (each is measured on every frame)")
     parsed: list[RegionSpec | None] = []
     refused: list[tuple[int, str]] = []
     for i, item in enumerate(raw):
@@ -306,6 +312,8 @@ def parse_masks(raw: Any, frame_size: tuple[int, int] | None) -> list[list[Point
     """
     if not isinstance(raw, list):
         raise ValueError("motion.masks must be a list of rects or polygons")
+    if len(raw) > MAX_REGIONS:
+        raise ValueError(f"{len(raw)} masks; at most {MAX_REGIONS}")
     out = []
     for i, item in enumerate(raw):
         where = f"mask #{i + 1}"
