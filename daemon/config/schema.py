@@ -398,14 +398,15 @@ SCHEMA: tuple[Key, ...] = (
         list,
         [],
         "Regions: name, rect [x,y,w,h] or polygon [[x,y],...] (pixels of the full frame, or fractions "
-        "0..1), min_fraction or min_pixels, optional machine_id and webhook",
+        "0..1), min_fraction or min_pixels, optional machine_id and webhook; at most 64, a polygon at most 256 points",
         check=check_regions,
     ),
     Key(
         "motion.masks",
         list,
         [],
-        "Areas ignored everywhere (burnt-in timestamps, trees): rects or polygons like the regions; a PTZ preset's masks add to them",
+        "Areas ignored everywhere (burnt-in timestamps, trees): rects or polygons like the regions (at most 64); "
+        "a PTZ preset's masks add to them",
         check=check_masks,
     ),
     Key(
