@@ -1,7 +1,7 @@
 """The command port against unfriendly and careless clients, on one real daemon with a token.
 
 Silent and blank-line clients filling the port, guessing the token over one
-connection, every command's token rule (read from the daemon's own `help`,
+connection and over many at once, every command's token rule (read from the daemon's own `help`,
 so commands added later are covered), an allow-list that would shut out the
 client setting it.
 """
@@ -52,13 +52,13 @@ def control_health(d: Daemon) -> dict:
     return reply_json(replies(d.cmd("health"))[0])["clients"]["control"]
 
 
-def connect(d: Daemon) -> socket.socket:
-    return socket.create_connection(("127.0.0.1", d.control_port), timeout=20)
+def connect(d: Daemon, source: str = "127.0.0.1") -> socket.socket:
+    return socket.create_connection(("127.0.0.1", d.control_port), timeout=20, source_address=(source, 0))
 
 
-def first_line(d: Daemon, line: str) -> str:
+def first_line(d: Daemon, line: str, source: str = "127.0.0.1") -> str:
     """The first line of the reply to one command (enough for a stream reply too)."""
-    with connect(d) as sock:
+    with connect(d, source) as sock:
         sock.sendall(line.encode() + b"\n")
         sock.shutdown(socket.SHUT_WR)
         data = b""
@@ -154,6 +154,71 @@ def test_guessing_the_token_over_one_connection_is_slowed_counted_logged_and_cut
     t0 = time.monotonic()
     assert replies(send(daemon.control_port, f"token {TOKEN}"))[0] == "OK authorised"
     assert time.monotonic() - t0 < 3.0
+
+
+REFUSED_UNHEARD = re.compile(r"ERR too many wrong tokens from 127\.0\.0\.1: try again in (\d+\.\d) s")
+
+
+def test_guessing_the_token_over_many_connections_is_bounded_per_address(daemon: Daemon) -> None:
+    before = control_health(daemon)
+    stop = threading.Event()
+    answers: list[tuple[float, str]] = []  # (when, first reply line) of every guess answered within 50 ms
+
+    def guess(k: int) -> None:
+        # The attack that had 312 guesses a second judged: connect, guess, hang up unless OK came at once.
+        n = 0
+        while not stop.is_set():
+            n += 1
+            try:
+                with connect(daemon) as sock:
+                    sock.sendall(f"token guess{k}-{n}\n".encode())
+                    sock.settimeout(0.05)
+                    try:
+                        answers.append((time.monotonic(), sock.recv(200).decode(errors="replace").split("\n")[0]))
+                    except (TimeoutError, ConnectionResetError):
+                        pass
+            except OSError:
+                stop.wait(0.01)
+
+    threads = [threading.Thread(target=guess, args=(k,), daemon=True) for k in range(16)]
+    t0 = time.monotonic()
+    for t in threads:
+        t.start()
+    try:
+        # While the address has a second or more left to serve, even the right token is refused unheard, and at once;
+        # another address is not held up by it.
+        def long_refusal() -> bool:
+            return any((m := REFUSED_UNHEARD.match(a)) and float(m[1]) >= 1.0 for _, a in answers[-50:])
+
+        assert wait_for(long_refusal, timeout=10), answers[-5:]
+        right = first_line(daemon, f"token {TOKEN}")
+        assert REFUSED_UNHEARD.match(right), right
+        assert first_line(daemon, f"token {TOKEN}", source="127.0.0.2") == "OK authorised"
+        time.sleep(max(0.0, 3.0 - (time.monotonic() - t0)))
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(10)
+    elapsed = time.monotonic() - t0
+    after = control_health(daemon)
+    judged = after["token_failures"] - before["token_failures"]
+    refused = after["token_refused_unheard"] - before["token_refused_unheard"]
+    # 0.5 s, 1 s, 2 s, 4 s between judged guesses: 3 to 4 in about 3 s, however many connections guess at once.
+    assert 1 <= judged <= 6, (judged, elapsed)
+    assert refused >= 20 and refused >= 5 * judged, (refused, judged)
+    assert not any(a.startswith("OK") for _, a in answers)
+    assert "guess" not in daemon.log()  # neither the judged nor the refused guesses reach the journal
+    # Once the address has served its time, the right token is heard again (and clears the address's record).
+    for _ in range(5):
+        answer = first_line(daemon, f"token {TOKEN}")
+        if not (m := REFUSED_UNHEARD.match(answer)):
+            break
+        time.sleep(float(m[1]) + 0.05)
+    assert answer == "OK authorised", answer
+    assert first_line(daemon, "token guess-after") == "ERR wrong token"  # the schedule starts afresh
+    assert control_health(daemon)["token_failures"] - after["token_failures"] == 1
+    time.sleep(0.6)
+    assert first_line(daemon, f"token {TOKEN}") == "OK authorised"
 
 
 # -- 6: every command's token rule, from the daemon's own registry ---------------------------------------

@@ -57,7 +57,7 @@ class ControlServer:
         self.send_timeout_s = send_timeout_s
         self._acceptor = Worker("control", self._serve, status=status, repeat=False)
         self._stop = self._acceptor.stopping
-        self.lock = threading.Lock()  # guards _clients, counts, tokens and every client's busy, penalised and last_command
+        self.lock = threading.Lock()  # guards _clients, counts and every client's busy, penalised and last_command
         self._listener: socket.socket | None = None
         self._port: int | None = None
         self._clients: dict[int, ControlClient] = {}
@@ -75,6 +75,7 @@ class ControlServer:
             "dropped_for_newcomer": 0,
             "token_failures": 0,
             "token_disconnects": 0,
+            "token_refused_unheard": 0,
         }
         self.tokens = TokenMemory()
         registry.register(

@@ -22,16 +22,24 @@ timeout, and a reply that cannot be sent within `send_timeout_s` drops that
 client. While it runs a command a connection is busy, and never dropped for a
 newcomer; one that was dropped writes nothing more.
 
-A wrong `token` costs time: the reply comes after a delay that doubles with
-every failure of the connection or of its address (0.5 s, 1 s, 2 s, ... at
-most `_MAX_TOKEN_DELAY_S`), the third failure on a connection closes it, and
-failures are counted in `health` and logged once a minute per address.
+A wrong `token` shuts its address out for a while that doubles with every
+recent failure of the address or the connection (0.5 s, 1 s, 2 s, ... at most
+`_MAX_TOKEN_DELAY_S`): meanwhile every `token` line from that address, on any
+connection, is refused at once without being compared, the right token too.
+So the guesses one address can have judged are bounded by that schedule
+however many connections it opens. The connection that sent the wrong token
+gets its reply when the shut-out ends, so a token it sends next is heard (it
+is answered at once when no further token can come: the client has closed
+its side and nothing it sent is waiting). The third failure on a connection
+closes it; failures and refusals are counted in `health`, and failures are
+logged once a minute per address.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import math
 import select
 import socket
 import threading
@@ -54,47 +62,63 @@ _READ_POLL_S = 1.0
 _RECV_BYTES = 65536
 # A first command line this soon after connecting comes from a pipe, not from a person typing.
 _SCRIPT_FIRST_LINE_S = 0.3
-# Wrong tokens: the first costs this long, each further one twice as long, up to the maximum.
+# Wrong tokens: the first shuts its address out this long, each further one twice as long, up to the maximum.
 _TOKEN_DELAY_S = 0.5
-_MAX_TOKEN_DELAY_S = 8.0
+_MAX_TOKEN_DELAY_S = 60.0
 # A connection is closed at this many wrong tokens.
 _MAX_TOKEN_FAILURES = 3
-# An address's failures are remembered this long (so reconnecting does not reset the delay), for this many addresses.
+# An address's failures are remembered this long after its last (so reconnecting does not reset the delay; after
+# that quiet time it starts afresh), for this many addresses.
 _TOKEN_MEMORY_S = 600.0
 _TOKEN_MEMORY_ADDRESSES = 1024
 
 
 class TokenMemory:
-    """The recent wrong tokens of every address, shared by all connections. `failed` and `forgive` are called with the
-    owner's lock held."""
+    """The recent wrong tokens of every address, shared by all connections, and until when each address is shut out.
+
+    `shut_out`, `failed` and `forgive` are called with `lock` held, from the shut-out check through the comparison of
+    the token: one token line is judged at a time, so two connections cannot both be heard in one gap between penalties."""
 
     def __init__(self) -> None:
+        self.lock = threading.Lock()
         self._log = RepeatedLog(log, max_keys=_TOKEN_MEMORY_ADDRESSES)  # one line per address a minute, then a count
-        self._failures: dict[str, tuple[int, float]] = {}  # address -> (recent wrong tokens, monotonic time of the last)
+        # address -> (recent wrong tokens, monotonic time of the last, shut out until); in order of the last failure,
+        # so the first is the address quiet longest.
+        self._failures: dict[str, tuple[int, float, float]] = {}
 
-    def failed(self, ip: str, now: float) -> int:
-        """Count a wrong token from `ip`; returns its recent wrong tokens, this one included."""
-        count, last = self._failures.get(ip, (0, now))
+    def shut_out(self, ip: str, now: float) -> float:
+        """Seconds until a token from `ip` is heard again; 0 when it is heard now."""
+        entry = self._failures.get(ip)
+        return max(0.0, entry[2] - now) if entry is not None else 0.0
+
+    def failed(self, ip: str, now: float, on_connection: int) -> tuple[int, float]:
+        """Count a wrong token from `ip` (the `on_connection`th on its connection) and shut the address out. Returns its
+        recent wrong tokens, this one included, and the monotonic time the shut-out ends."""
+        count, last, _ = self._failures.pop(ip, (0, now, now))
         count = 1 if now - last > _TOKEN_MEMORY_S else count + 1
-        self._failures[ip] = (count, now)
+        n = min(max(count, on_connection), 16)
+        until = now + min(_TOKEN_DELAY_S * 2 ** (n - 1), _MAX_TOKEN_DELAY_S)
+        self._failures[ip] = (count, now, until)  # inserted last again: the dict stays in order of the last failure
         if len(self._failures) > _TOKEN_MEMORY_ADDRESSES:
-            del self._failures[min(self._failures, key=lambda a: self._failures[a][1])]
-        return count
+            # Many source addresses must not grow this forever; the one quiet longest is the likeliest to be done.
+            del self._failures[next(iter(self._failures))]
+        return count, until
 
     def forgive(self, ip: str) -> None:
         """A right token: the address starts afresh."""
         self._failures.pop(ip, None)
 
-    def warn(self, peer: str, ip: str, on_connection: int, count: int) -> None:
+    def warn(self, peer: str, ip: str, on_connection: int, count: int, shut_out_s: float) -> None:
         self._log.log(
             logging.WARNING,
             f"token {ip}",
-            "wrong token from %s (%d on this connection, %d from %s in the last %.0f s)",
+            "wrong token from %s (%d on this connection, %d from %s in the last %.0f s); its tokens are refused unheard for %.1f s",
             peer,
             on_connection,
             count,
             ip,
             _TOKEN_MEMORY_S,
+            shut_out_s,
         )
 
 
@@ -105,9 +129,9 @@ class Owner(Protocol):
     registry: Registry
     status: ComponentStatus
     send_timeout_s: float
-    lock: threading.Lock  # guards counts, tokens, the server's clients and every client's busy, penalised and last_command
+    lock: threading.Lock  # guards counts, the server's clients and every client's busy, penalised and last_command
     counts: dict[str, int]
-    tokens: TokenMemory
+    tokens: TokenMemory  # has its own lock, never taken while `lock` is held
 
     @property
     def stopping(self) -> threading.Event: ...
@@ -133,7 +157,7 @@ class ControlClient:
         self.connected = time.monotonic()
         self.last_command: float | None = None  # when its last command (not a blank line) was answered
         self.busy = False  # running a command: never dropped for a newcomer
-        self.penalised = False  # waiting out a wrong token: dropped first
+        self.penalised = False  # waiting out its address's shut-out before answering a wrong token: dropped first
         self.dropped = threading.Event()  # set when it was dropped to make room
         self._owner = owner
         self._lock = threading.Lock()
@@ -208,7 +232,7 @@ class ControlClient:
             if not data:
                 # Half-close (echo cmd | nc -N): a last line without newline is still a command.
                 if pending and not discarding and not owner.stopping.is_set():
-                    self._run_line(session, bytes(pending))
+                    self._run_line(session, bytes(pending), bytearray())
                 return "closed by the client"
             pending += data
             while True:
@@ -226,7 +250,7 @@ class ControlClient:
                     continue  # a blank line is no command and no activity (an interactive user pressing enter)
                 if scripted is None:
                     scripted = time.monotonic() - connected <= _SCRIPT_FIRST_LINE_S
-                end = self._run_line(session, line)
+                end = self._run_line(session, line, pending)
                 if end:
                     return end
                 last_activity = time.monotonic()
@@ -247,9 +271,10 @@ class ControlClient:
         log.debug("%s sent a line over %d bytes", self.peer, max_line)
         return self._send(Reply.error(f"line too long (max {max_line} bytes)"))
 
-    def _run_line(self, session: Session, raw: bytes) -> str | None:
-        """Answer one line as a busy connection (never dropped for a newcomer meanwhile). Returns a reason to end."""
-        return self._busy(lambda: self._answer(session, raw))
+    def _run_line(self, session: Session, raw: bytes, queued: bytearray) -> str | None:
+        """Answer one line as a busy connection (never dropped for a newcomer meanwhile); `queued` is what the client sent
+        after it, not yet answered. Returns a reason to end."""
+        return self._busy(lambda: self._answer(session, raw, queued))
 
     def _busy(self, work: Callable[[], str | None]) -> str | None:
         """Run `work` (which answers the client) unless the client was dropped; meanwhile it is never dropped, so
@@ -265,7 +290,7 @@ class ControlClient:
                 self.busy = False
                 self.last_command = time.monotonic()
 
-    def _answer(self, session: Session, raw: bytes) -> str | None:
+    def _answer(self, session: Session, raw: bytes, queued: bytearray) -> str | None:
         """Run one line and send its reply. Returns a reason when the connection must end."""
         owner = self._owner
         raw = raw.rstrip(b"\r")
@@ -281,36 +306,63 @@ class ControlClient:
             reply = Reply.error("command is not valid UTF-8 text")
         else:
             line = text
-            failures, authorized = session.auth_failures, session.authorized
-            reply = owner.registry.dispatch(text, session)
-            if session.auth_failures > failures:
-                end = self._wrong_token(session)
+            if _is_token_line(text):
+                reply, end = self._token(session, text, queued)
                 if end:
                     if not self.dropped.is_set():
                         self._send(Reply.error(f"wrong token; closing this connection after {session.auth_failures} wrong tokens"))
                     return end
-            elif session.authorized and not authorized:
-                with owner.lock:
-                    owner.tokens.forgive(self.ip)
+            else:
+                reply = owner.registry.dispatch(text, session)
         with owner.lock:
             owner.counts["commands_served"] += 1
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s: %s -> %s", self.peer, _loggable(line), reply.first_line()[:120])
         return self._send(reply)
 
-    def _wrong_token(self, session: Session) -> str | None:
-        """Count, log and wait out a wrong token. Returns a reason when the connection must end."""
+    def _token(self, session: Session, text: str, queued: bytearray) -> tuple[Reply, str | None]:
+        """Judge a `token` line, or refuse it unheard while its address is shut out for a wrong token. Returns the reply
+        and, when the connection must end, why."""
+        owner, tokens = self._owner, self._owner.tokens
+        failures = session.auth_failures
+        wrong: tuple[int, float] | None = None  # the address's recent failures and the end of its shut-out
+        with tokens.lock:
+            now = time.monotonic()
+            left = tokens.shut_out(self.ip, now)
+            if left > 0:
+                # Rounded up, so a client that waits as long as it is told is heard.
+                reply = Reply.error(f"too many wrong tokens from {self.ip}: try again in {math.ceil(left * 10) / 10:.1f} s")
+            else:
+                reply = owner.registry.dispatch(text, session)
+                if session.auth_failures > failures:
+                    wrong = tokens.failed(self.ip, now, session.auth_failures)
+                elif reply.ok:
+                    tokens.forgive(self.ip)
+        if left > 0:
+            with owner.lock:
+                owner.counts["token_refused_unheard"] += 1
+            return reply, None
+        if wrong is not None:
+            return reply, self._wrong_token(session, *wrong, queued)
+        return reply, None
+
+    def _wrong_token(self, session: Session, count: int, until: float, queued: bytearray) -> str | None:
+        """Count, log and wait out a wrong token (until its address's shut-out ends at `until`). Returns a reason when
+        the connection must end."""
         owner = self._owner
-        now = time.monotonic()
         with owner.lock:
             owner.counts["token_failures"] += 1
-            count = owner.tokens.failed(self.ip, now)
             self.penalised = True
-        owner.tokens.warn(self.peer, self.ip, session.auth_failures, count)
-        n = min(max(session.auth_failures, count), 16)
-        deadline = now + min(_TOKEN_DELAY_S * 2 ** (n - 1), _MAX_TOKEN_DELAY_S)
+        owner.tokens.warn(self.peer, self.ip, session.auth_failures, count, until - time.monotonic())
         try:
-            while not owner.stopping.is_set() and not self.dropped.is_set() and (left := deadline - time.monotonic()) > 0:
+            # Waiting only spares this connection's next token a refusal; a client that cannot send one has nothing to
+            # wait for (one that guesses and hangs up must not hold a thread for the whole delay).
+            while (
+                not owner.stopping.is_set()
+                and not self.dropped.is_set()
+                and (left := until - time.monotonic()) > 0
+                and _token_may_follow(self.sock, queued)
+            ):
                 self.dropped.wait(min(left, 0.25))
         finally:
             with owner.lock:
@@ -378,6 +430,32 @@ class ControlClient:
             self._owner.counts["dropped_slow"] += 1
         log.info("dropped command connection from %s: it did not read its reply within %g s", self.peer, self._owner.send_timeout_s)
         return "not reading its replies"
+
+
+def _is_token_line(line: str) -> bool:
+    """Whether a line names the `token` command, read exactly as Registry.dispatch reads a line's first word (a line it
+    would take for `token` must never skip the shut-out)."""
+    return line.strip().partition(" ")[0].lower() == "token"
+
+
+def _token_may_follow(sock: socket.socket, queued: bytearray) -> bool:
+    """Whether a `token` line may yet come on this connection: one waits in `queued` (what the client sent after the
+    line being answered), or the client may send more (its sending side is open, or bytes wait unread)."""
+    if any(_is_token_line(line.decode("utf-8", "replace")) for line in queued.split(b"\n")):
+        return True
+    try:
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
+        if not poller.poll(0):
+            return True  # nothing to read yet, and the client has not closed its side
+    except (OSError, ValueError):  # the socket is closed already
+        return False
+    try:
+        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) != b""  # b"": closed, nothing left unread
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
 
 
 def _peer_connected(sock: socket.socket) -> bool:
