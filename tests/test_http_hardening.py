@@ -1,8 +1,9 @@
 """The HTTP server against the attacks of the hardening issue, on the real daemon, and its optional login.
 
 Viewers at a tiny ?fps= that leave free their slots at once; viewers holding every
-viewer slot, slow senders (one byte at a time) and silent sockets never keep the
-operator from /health; Basic and Bearer login work through requests, OpenCV, ffmpeg,
+viewer slot, slow senders (one byte at a time), silent sockets and clients that
+pipeline requests without reading the answers never keep the operator from
+/health; Basic and Bearer login work through requests, OpenCV, ffmpeg,
 the project's own clients and a second picamd reading the first.
 """
 
@@ -14,6 +15,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import cv2
@@ -85,6 +87,19 @@ def open_viewer(port: int, path: str = "/stream") -> socket.socket:
         got += chunk
     assert got.startswith(b"HTTP/1.0 200"), got[:200]
     return sock
+
+
+def read_answer(fp) -> tuple[int, dict[str, str], bytes]:
+    """One answer with a Content-Length from a connection's file: status, headers (lower-case names), body; status 0 once it ended."""
+    status = fp.readline()
+    if not status:
+        return 0, {}, b""
+    assert status.startswith(b"HTTP/"), status
+    head = {}
+    while (line := fp.readline()) != b"\r\n":
+        name, _, value = line.decode().partition(":")
+        head[name.lower()] = value.strip()
+    return int(status.split()[1]), head, fp.read(int(head["content-length"]))
 
 
 def ended_by_server(sock: socket.socket, within_s: float) -> bytes | None:
@@ -198,18 +213,82 @@ def test_a_kept_alive_connection_serves_several_requests_then_closes_when_idle(d
         fp = sock.makefile("rb")
         for path in ("/meta", "/health", "/meta"):
             sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
-            head = {}
-            status = fp.readline()
-            assert status.startswith(b"HTTP/1.1 200"), status
-            while (line := fp.readline()) != b"\r\n":
-                name, _, value = line.decode().partition(":")
-                head[name.lower()] = value.strip()
-            assert head["connection"] == "keep-alive"
-            json.loads(fp.read(int(head["content-length"])))
+            status, head, body = read_answer(fp)
+            assert status == 200 and head["connection"] == "keep-alive"
+            json.loads(body)
         assert ended_by_server(sock, KEEPALIVE_S + 3) == b""
     assert wait_for(lambda: mjpeg_health(daemon)["idle_keepalive_closed"] > before, timeout=5)
     with requests.Session() as session:  # the way programs keep a connection
         assert [session.get(f"http://127.0.0.1:{daemon.http_port}/meta", timeout=5).status_code for _ in range(3)] == [200] * 3
+
+
+def pipeline_without_reading(port: int, stop: threading.Event) -> None:
+    """Twenty snapshot requests at a time, again and again, never reading an answer (2 KiB receive buffer); reconnects when dropped."""
+    batch = b"GET /snapshot.jpg HTTP/1.1\r\nHost: x\r\n\r\n" * 20
+    while not stop.is_set():
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
+        sock.settimeout(3.0)  # longer than the server's send timeout: the server drops it first
+        try:
+            sock.connect(("127.0.0.1", port))
+            while not stop.is_set():
+                sock.sendall(batch)
+        except OSError:
+            pass
+        finally:
+            sock.close()
+
+
+def status_http10(port: int, path: str) -> int:
+    """The status of a plain HTTP/1.0 GET (one connection, read to its end), 0 when the connection failed."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(f"GET {path} HTTP/1.0\r\n\r\n".encode())
+            got = b""
+            while chunk := sock.recv(65536):
+                got += chunk
+        return int(got.split(b" ", 2)[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def pipelined(port: int, paths: tuple[str, ...]) -> list[int]:
+    """An honest pipelining client: every request at once, then every answer read."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(b"".join(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode() for path in paths))
+        fp = sock.makefile("rb")
+        return [read_answer(fp)[0] for _ in paths]
+
+
+def test_clients_that_pipeline_without_reading_leave_the_operator_room():
+    # As many attacking connections as short-request slots; a short send timeout so that their drops show within the test.
+    rig = HttpRig(values={"http.max_requests": 8}, send_timeout_s=1.0).start()
+    stop = threading.Event()
+    attackers = [threading.Thread(target=pipeline_without_reading, args=(rig.port, stop), daemon=True) for _ in range(8)]
+    codes: list[int] = []
+    try:
+        snapshot = requests.get(rig.url("/snapshot.jpg"), timeout=5)
+        assert snapshot.status_code == 200 and len(snapshot.content) > 4 * 16384  # far more than a 2 KiB window takes
+        for thread in attackers:
+            thread.start()
+        time.sleep(0.5)
+        honest = pipelined(rig.port, ("/health", "/meta", "/health"))
+        until = time.monotonic() + 5.0
+        while time.monotonic() < until:
+            codes.append(status_http10(rig.port, "/health"))
+            time.sleep(0.1)
+        honest_later = pipelined(rig.port, ("/meta", "/snapshot.jpg", "/health"))
+        health = rig.server.health()
+    finally:
+        stop.set()
+        for thread in attackers:
+            thread.join(timeout=5)
+        rig.stop()
+    assert codes.count(200) >= 0.8 * len(codes), codes
+    assert honest == [200, 200, 200] and honest_later == [200, 200, 200]
+    # Each attacking connection got its first answer, took none of it, and was dropped after the send timeout; none held a slot.
+    assert health["unread_answers_dropped"] >= 8, health
+    assert health["requests_active"] <= 1, health
 
 
 # --- 3. login ------------------------------------------------------------------------------------------

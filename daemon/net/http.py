@@ -16,10 +16,18 @@ A complete request gets a thread from one of two pools: `/stream` takes a
 viewer slot (`http.max_clients`), everything else (the page, /health,
 /metrics, /snapshot.jpg, /meta, /detections, /regions) a short-request slot
 (`http.max_requests`), so viewers holding every viewer slot never keep the
-operator from /health. A full pool answers 503 with Retry-After. A short
-answer may keep the connection alive (HTTP/1.1) for `http.keepalive_s`: it
-goes back to the reading thread and holds no slot while it idles. What each
-path answers: daemon/net/httphandler.py; the stream's viewers:
+operator from /health. A full pool answers 503 with Retry-After. A viewer's
+thread sends the stream itself and holds its slot while it watches. A short
+request holds its slot only while its answer is written to memory: the
+reading thread sends it without blocking, and reads no further request on
+that connection until the client has taken the answer (the kernel holds
+less than `_UNSENT_LOW_WATER` of it unsent). So clients that pipeline
+requests and never read the answers hold no slot and have no further request
+read; one that takes nothing more for the send timeout (10 s; a slow one
+that still takes some is waited for) is dropped and counted
+(`unread_answers_dropped`). A short answer may keep the connection alive
+(HTTP/1.1) for `http.keepalive_s`; it holds no slot while it idles. What
+each path answers: daemon/net/httphandler.py; the stream's viewers:
 daemon/net/mjpeg.py.
 
 The page (daemon/web) is read once when the server is built and served from
@@ -29,10 +37,12 @@ memory.
 from __future__ import annotations
 
 import collections
+import fcntl
 import logging
 import re
 import selectors
 import socket
+import struct
 import sys
 import threading
 import time
@@ -61,6 +71,10 @@ log = logging.getLogger("picamd.http")
 _MAX_REQUEST_LINE = 65536  # as BaseHTTPRequestHandler: longer is 414
 _MAX_HEAD_BYTES = 65536 + 16384  # request line and headers; beyond it 431
 _HEAD_END = re.compile(rb"\r?\n\r?\n")
+#: A connection is writable (has taken its answer) once the kernel holds less than this of it unsent (TCP_NOTSENT_LOWAT);
+#: a client with a tiny receive window that does not read keeps it above this, and gets no next request read.
+_UNSENT_LOW_WATER = 16384
+_SIOCOUTQNSD = 0x894B  # Linux: the bytes of a TCP socket's send queue not sent yet
 
 
 def _listen(bind: str, port: int, backlog: int) -> socket.socket:
@@ -99,9 +113,34 @@ def _close(sock: socket.socket) -> None:
     sock.close()
 
 
+def _abort(sock: socket.socket) -> None:
+    """Close with a reset: what the client did not take is thrown away at once instead of kept by the kernel."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    except OSError:
+        pass
+    sock.close()
+
+
+def _unsent_bytes(sock: socket.socket) -> int | None:
+    """What the kernel holds of this socket's answer unsent (SIOCOUTQNSD), or None where it cannot tell."""
+    try:
+        return int(struct.unpack("i", fcntl.ioctl(sock.fileno(), _SIOCOUTQNSD, b"\0\0\0\0"))[0])
+    except OSError:
+        return None
+
+
+def _unsent_low_water(sock: socket.socket, limit: int) -> None:
+    """TCP_NOTSENT_LOWAT (Linux): writable only while less than `limit` is unsent; 0 restores the system's default."""
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, "TCP_NOTSENT_LOWAT", 25), limit)
+    except OSError:
+        pass  # without it a connection counts as having taken its answer once the send buffer has room again
+
+
 @dataclass(eq=False)
 class _Conn:
-    """A connection whose request is being read (or, between requests, a kept-alive one)."""
+    """A connection whose request is being read (or, between requests, a kept-alive one), or whose short answer is being sent."""
 
     sock: socket.socket
     address: Any  # as accept() gives it; [0] is the peer's address
@@ -111,6 +150,10 @@ class _Conn:
     idle: bool = False  # kept alive and not yet sending its next request
     buf: bytearray = field(default_factory=bytearray)
     head: bytes = b""  # request line and headers of the request being answered
+    # A short answer the reading thread is sending: None while none is, empty once the kernel holds all of it.
+    out: list[memoryview] | None = None
+    keep: bool = False  # after that answer the connection waits for its next request (else it is closed)
+    unsent: int | None = None  # what the kernel held unsent at the last look: a slow client still takes some
 
     @property
     def peer(self) -> str:
@@ -160,11 +203,12 @@ class HttpServer:
         self._port: int | None = None
         self._lock = threading.Condition()
         self._active = {"viewer": 0, "request": 0}  # slots held, per pool
-        # Connections being read, oldest first; touched by the reading thread only.
+        # Connections being read or sent their short answer, oldest first; touched by the reading thread only.
         self._pending: dict[_Conn, None] = {}
-        self._returned: collections.deque[_Conn] = collections.deque()  # kept-alive connections handed back by handlers
+        self._returned: collections.deque[_Conn] = collections.deque()  # connections with an answer to send, from the handlers
         self._header_timeouts = 0
         self._evicted = 0
+        self._unsent_dropped = 0
         self._idle_closed = 0
         self._requests = 0
         self._rejected = {403: 0, 503: 0}
@@ -253,6 +297,8 @@ class HttpServer:
                             self._drain_wake()
                         elif key.fileobj is listener:
                             self._accept(listener, sel)
+                        elif key.data.out is not None:
+                            self._write(key.data, sel)
                         else:
                             self._read(key.data, sel)
                     self._take_returned(sel)
@@ -277,6 +323,7 @@ class HttpServer:
                 self._rejection_log.warning(f"accept {exc.errno}", "accepting an HTTP connection failed: %s", exc)
                 return
             sock.setblocking(False)
+            _unsent_low_water(sock, _UNSENT_LOW_WATER)
             now = time.monotonic()
             conn = _Conn(sock, address, self._peer_allowed(str(address[0])), now, now + self._cfg.header_timeout_s)
             while len(self._pending) >= max(1, self._cfg.max_pending):
@@ -294,6 +341,9 @@ class HttpServer:
             greediest = max(counts, key=counts.__getitem__)
             victims = [c for c in pending if c.peer == greediest]
         victim = victims[0]  # the dict keeps arrival order: the one that has waited longest
+        if victim.out is not None:
+            self._drop_unsent(victim, sel, f"had not taken its answer when a newcomer needed the room (http.max_pending {len(pending)})")
+            return
         if not victim.idle:
             with self._lock:
                 self._evicted += 1
@@ -360,6 +410,13 @@ class HttpServer:
     def _expire(self, sel: selectors.BaseSelector) -> None:
         now = time.monotonic()
         for conn in [c for c in self._pending if c.deadline <= now]:
+            if conn.out is not None:
+                unsent = _unsent_bytes(conn.sock)
+                if unsent is not None and conn.unsent is not None and unsent < conn.unsent:  # slow, but it takes the answer
+                    conn.unsent, conn.deadline = unsent, now + self._send_timeout_s
+                else:
+                    self._drop_unsent(conn, sel, f"took nothing more of its answer for {self._send_timeout_s:g} s")
+                continue
             if conn.idle:
                 with self._lock:
                     self._idle_closed += 1
@@ -386,10 +443,50 @@ class HttpServer:
             while len(self._pending) >= max(1, self._cfg.max_pending):
                 self._evict_one(sel)
             self._pending[conn] = None
-            sel.register(conn.sock, selectors.EVENT_READ, conn)
-            if conn.buf:  # the client sent its next request already (pipelining)
-                conn.idle, conn.deadline = False, time.monotonic() + self._cfg.header_timeout_s
-                self._dispatch(conn, sel)
+            conn.deadline, conn.unsent = time.monotonic() + self._send_timeout_s, None
+            sel.register(conn.sock, selectors.EVENT_WRITE, conn)
+            self._write(conn, sel)
+
+    def _write(self, conn: _Conn, sel: selectors.BaseSelector) -> None:
+        """Send what the socket takes of a short answer. Once the kernel holds all of it, the next time the socket is
+        writable (less than _UNSENT_LOW_WATER still unsent: the client is taking it) the answer is done."""
+        out = conn.out
+        if not out:
+            self._answered(conn, sel)
+            return
+        try:
+            sent = conn.sock.sendmsg(out)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:  # the client went away
+            self._drop(conn, sel)
+            return
+        conn.deadline = time.monotonic() + self._send_timeout_s  # it took some: the send timeout starts again
+        conn.unsent = _unsent_bytes(conn.sock)
+        while sent:
+            if sent >= len(out[0]):
+                sent -= len(out.pop(0))
+            else:
+                out[0], sent = out[0][sent:], 0
+
+    def _answered(self, conn: _Conn, sel: selectors.BaseSelector) -> None:
+        """Close the connection, or let it wait for its next request holding no slot (its pipelined one is read now)."""
+        conn.out = None
+        if not conn.keep:
+            self._drop(conn, sel)
+            return
+        now = time.monotonic()
+        conn.idle, conn.since, conn.deadline, conn.head = True, now, now + self.keepalive_s(), b""
+        sel.modify(conn.sock, selectors.EVENT_READ, conn)
+        if conn.buf:  # the client sent its next request already (pipelining)
+            conn.idle, conn.deadline = False, now + self._cfg.header_timeout_s
+            self._dispatch(conn, sel)
+
+    def _drop_unsent(self, conn: _Conn, sel: selectors.BaseSelector, why: str) -> None:
+        with self._lock:
+            self._unsent_dropped += 1
+        self._rejection_log.warning("unsent", "HTTP client %s %s; dropped", conn.peer, why)
+        self._drop(conn, sel, abort=True)
 
     def _answer_and_drop(self, conn: _Conn, sel: selectors.BaseSelector, answer: bytes) -> None:
         self._send_quietly(conn.sock, answer)
@@ -403,41 +500,52 @@ class HttpServer:
         except OSError:
             pass
 
-    def _drop(self, conn: _Conn, sel: selectors.BaseSelector) -> None:
+    def _drop(self, conn: _Conn, sel: selectors.BaseSelector, *, abort: bool = False) -> None:
         self._pending.pop(conn, None)
         try:
             sel.unregister(conn.sock)
         except (KeyError, ValueError):
             pass
-        _close(conn.sock)
+        (_abort if abort else _close)(conn.sock)
 
     # -- one request, on its own thread
     def _handle(self, conn: _Conn, kind: str) -> None:
-        keep = False
+        if kind == "viewer":
+            self._serve_viewer(conn)
+        else:
+            self._compose(conn)
+
+    def _serve_viewer(self, conn: _Conn) -> None:
+        """The stream is sent on this thread, with blocking sends and the send timeout, as long as the viewer watches."""
         try:
             conn.sock.setblocking(True)
             conn.sock.settimeout(self._send_timeout_s)
+            _unsent_low_water(conn.sock, 0)  # the stream fills the send buffer as usual
             with self._lock:
                 self._requests += 1
-            keep = RequestHandler(conn.sock, conn.address, conn.head, self, kind).keep_alive
+            RequestHandler(conn.sock, conn.address, conn.head, self, "viewer")
         except Exception:
             self._handler_failed(conn.address)
         finally:
-            self._release(kind)
-            if keep and not self._stopping:
-                self._hand_back(conn)
-            else:
-                _close(conn.sock)
+            self._release("viewer")
+            _close(conn.sock)
 
-    def _hand_back(self, conn: _Conn) -> None:
-        """A kept-alive connection goes back to the reading thread to wait for its next request, holding no slot."""
+    def _compose(self, conn: _Conn) -> None:
+        """A short answer is written to memory here, then the slot is free: the reading thread sends it (_write)."""
+        answer: list[bytes] | None = None
         try:
-            conn.sock.setblocking(False)
-        except OSError:
-            conn.sock.close()
+            with self._lock:
+                self._requests += 1
+            handler = RequestHandler(conn.sock, conn.address, conn.head, self, "request")
+            answer, conn.keep = handler.answer, handler.keep_alive
+        except Exception:
+            self._handler_failed(conn.address)
+        finally:
+            self._release("request")
+        if answer is None or self._stopping:
+            _close(conn.sock)
             return
-        now = time.monotonic()
-        conn.idle, conn.since, conn.deadline, conn.head = True, now, now + self.keepalive_s(), b""
+        conn.out = [memoryview(piece) for piece in answer]
         self._returned.append(conn)
         self._wake()
         if self._stopping:  # the reading thread may have ended before it could take it
@@ -547,6 +655,7 @@ class HttpServer:
                 "max_pending": self._cfg.max_pending,
                 "header_timeouts": self._header_timeouts,
                 "evicted_while_reading": self._evicted,
+                "unread_answers_dropped": self._unsent_dropped,
                 "idle_keepalive_closed": self._idle_closed,
                 "max_fps": viewers["max_fps"],
                 "bytes_sent": viewers["bytes_sent"],

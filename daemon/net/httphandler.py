@@ -2,12 +2,15 @@
 
 The server's reading thread (daemon/net/http.py) receives a request's line and
 headers and starts a thread for it; the handler answers that one request on
-it. Optional login (`http.users`, `http.tokens`) is checked per request,
-before the path is looked up: daemon/net/httpauth.py. Methods other than GET
-and HEAD get 405. A short answer to a GET or HEAD without a body may keep the
-connection alive (HTTP/1.1) when the client asks for it and
-`http.keepalive_s` is above 0; any other answer is HTTP/1.0 and closes the
-connection. /stream's body is sent by daemon/net/mjpeg.py.
+it. A short request's answer is written to memory (`Answer`) and sent by the
+reading thread without blocking, so a client that does not read it holds no
+thread and no slot; /stream's is sent here, on the handler's thread. Optional
+login (`http.users`, `http.tokens`) is checked per request, before the path
+is looked up: daemon/net/httpauth.py. Methods other than GET and HEAD get
+405. A short answer to a GET or HEAD without a body may keep the connection
+alive (HTTP/1.1) when the client asks for it and `http.keepalive_s` is above
+0; any other answer is HTTP/1.0 and closes the connection. /stream's body is
+sent by daemon/net/mjpeg.py.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import logging
 import socket
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
 from daemon import __version__
@@ -28,7 +31,10 @@ from daemon.net.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from daemon.net.mjpeg import BOUNDARY, Viewers, meta_headers, parse_fps
 from daemon.web import Page
 
-__all__ = ["STREAM_PATHS", "Owner", "RequestHandler"]
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer
+
+__all__ = ["STREAM_PATHS", "Answer", "Owner", "RequestHandler"]
 
 log = logging.getLogger("picamd.http")
 
@@ -51,6 +57,23 @@ class Owner(Protocol):
     def metrics_payload(self) -> tuple[int, str]: ...
 
 
+class Answer(io.BufferedIOBase):
+    """A short request's answer as the handler writes it: the pieces as they come (a snapshot's bytes are not copied)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pieces: list[bytes] = []
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: ReadableBuffer, /) -> int:
+        piece = data if isinstance(data, bytes) else bytes(data)
+        if piece:
+            self.pieces.append(piece)
+        return len(piece)
+
+
 class RequestHandler(BaseHTTPRequestHandler):
     """Answers one request whose request line and headers the reading thread has already received."""
 
@@ -65,6 +88,7 @@ class RequestHandler(BaseHTTPRequestHandler):
         self._head = head
         self.kind = kind  # "viewer" or "request": the pool whose slot this request holds
         self.keep_alive = False  # set when the answer left the connection open for another request
+        self.answer: list[bytes] | None = None  # a short request's answer, for the server to send; None for /stream
         self._sent_keep_alive = False  # only _send's answers (with a Content-Length) may leave it open
         self.request = sock
         self.client_address = address
@@ -82,6 +106,9 @@ class RequestHandler(BaseHTTPRequestHandler):
         super().setup()
         self.rfile.close()
         self.rfile = io.BytesIO(self._head)  # the head was read already; GET and HEAD have no body
+        if self.kind == "request":  # the socket is the reading thread's again as soon as the answer is written
+            answer = Answer()
+            self.wfile, self.answer = answer, answer.pieces
 
     def handle(self) -> None:
         self.close_connection = True

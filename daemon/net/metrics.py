@@ -265,11 +265,12 @@ def _stream(exp: Exposition, h: Mapping[str, Any]) -> None:
     exp.family(
         "picamd_http_rejected_total",
         "counter",
-        "HTTP connections refused, by reason",
+        "HTTP connections refused or dropped, by reason",
         [
             ({"reason": "forbidden"}, _num(web.get("rejected_forbidden"))),
             ({"reason": "busy"}, _num(web.get("rejected_busy"))),
             ({"reason": "header_timeout"}, _num(web.get("header_timeouts"))),
+            ({"reason": "unread_answer"}, _num(web.get("unread_answers_dropped"))),
         ],
     )
     auth = _section(web, "auth")
