@@ -291,6 +291,42 @@ def test_clients_that_pipeline_without_reading_leave_the_operator_room():
     assert health["requests_active"] <= 1, health
 
 
+def test_a_flood_of_kept_alive_requests_evicted_for_newcomers_never_breaks_the_reading_loop():
+    """Connections evicted for a newcomer while their answer is still in flight: an event of theirs in the same round
+    must not reach a closed socket (it once ended the loop and dropped every connection with it)."""
+    rig = HttpRig(values={"http.max_pending": 4}, feed_frames=False).start()
+    stop = threading.Event()
+    answered = [0]
+
+    def keep_asking() -> None:
+        while not stop.is_set():
+            try:
+                with socket.create_connection(("127.0.0.1", rig.port), timeout=2) as sock:
+                    for _ in range(20):
+                        sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+                        if sock.recv(65536):
+                            answered[0] += 1
+            except OSError:
+                pass  # evicted: a newcomer needed the room
+
+    clients = [threading.Thread(target=keep_asking, daemon=True) for _ in range(24)]
+    try:
+        for thread in clients:
+            thread.start()
+        time.sleep(3.0)
+        stop.set()
+        for thread in clients:
+            thread.join(timeout=5)
+        health = rig.server.health()
+        operator = status_http10(rig.port, "/health")
+    finally:
+        rig.stop()
+    assert answered[0] > 50, answered
+    assert health["evicted_while_reading"] + health["unread_answers_dropped"] + health["idle_keepalive_closed"] > 0, health
+    assert rig.status.errors == 0, rig.status.state
+    assert operator == 200
+
+
 # --- 3. login ------------------------------------------------------------------------------------------
 
 

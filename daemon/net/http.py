@@ -297,15 +297,23 @@ class HttpServer:
                             self._drain_wake()
                         elif key.fileobj is listener:
                             self._accept(listener, sel)
-                        elif key.data.out is not None:
-                            self._write(key.data, sel)
-                        else:
-                            self._read(key.data, sel)
+                        elif key.data in self._pending:  # else dropped earlier in this round (evicted for a newcomer)
+                            self._serve_event(key.data, sel)
                     self._take_returned(sel)
                     self._expire(sel)
             finally:
                 for conn in list(self._pending):
                     self._drop(conn, sel)
+
+    def _serve_event(self, conn: _Conn, sel: selectors.BaseSelector) -> None:
+        try:
+            if conn.out is not None:
+                self._write(conn, sel)
+            else:
+                self._read(conn, sel)
+        except Exception as exc:  # a bug on one connection must not drop all the others with the loop
+            self._status.error(f"HTTP connection from {conn.peer}", exc)
+            self._drop(conn, sel, abort=True)
 
     def _next_deadline_in(self) -> float:
         if not self._pending:
@@ -332,15 +340,17 @@ class HttpServer:
             sel.register(sock, selectors.EVENT_READ, conn)
 
     def _evict_one(self, sel: selectors.BaseSelector) -> None:
-        """Make room for a newcomer: a refused address first, then an idle kept-alive connection, then the
-        oldest connection of the address that holds the most (an operator's single request outlives a flood)."""
+        """Make room for a newcomer: a refused address first, then an idle kept-alive connection, then one of the
+        addresses that hold the most (an operator's single request outlives a flood from one address); of those, the
+        one nearest its deadline: the longest waiting for its request, or the one whose client took nothing for the
+        longest (a client taking its answer pushes its deadline on, so a download that is moving is spared)."""
         pending = list(self._pending)
         victims = [c for c in pending if not c.allowed] or [c for c in pending if c.idle]
         if not victims:
             counts = collections.Counter(c.peer for c in pending)
-            greediest = max(counts, key=counts.__getitem__)
-            victims = [c for c in pending if c.peer == greediest]
-        victim = victims[0]  # the dict keeps arrival order: the one that has waited longest
+            most = max(counts.values())
+            victims = [c for c in pending if counts[c.peer] == most]
+        victim = min(victims, key=lambda c: c.deadline)
         if victim.out is not None:
             self._drop_unsent(victim, sel, f"had not taken its answer when a newcomer needed the room (http.max_pending {len(pending)})")
             return
