@@ -279,3 +279,25 @@ def test_an_allow_list_that_excludes_the_client_changing_it_is_refused(daemon: D
     assert replies(send(daemon.control_port, auth, "set control.allow 127.0.0.1/32,10.0.0.0/8"))[1].startswith("OK")
     assert replies(send(daemon.control_port, auth, "reset control.allow"))[1].startswith('OK control.allow=["127.0.0.0/8"')
     assert first_line(daemon, "health").startswith("OK")
+
+
+def test_more_addresses_than_the_token_memory_holds_share_one_shut_out() -> None:
+    """A guesser with more source addresses than the table holds (easy over IPv6) must not push a shut-out address
+    out and get a fresh 0.5 s on each: the addresses beyond a table full of shut-outs share one entry."""
+    from daemon.net.controlclient import TokenMemory
+
+    memory = TokenMemory()
+    memory.capacity = 4
+    now = 1000.0
+    for _ in range(5):  # the first address: shut out for 8 s after its fifth wrong token
+        _count, until = memory.failed("10.0.0.1", now, 1)
+    assert until - now == 8.0
+    for i in range(2, 50):  # 48 more addresses, one wrong token each, within the shut-outs
+        memory.failed(f"10.0.0.{i}", now + 0.01 * i, 1)
+    assert memory.shut_out("10.0.0.1", now + 1) == pytest.approx(7.0)  # still remembered, still shut out
+    # Every address beyond the table is shut out together, however new: 45 guesses made it 0.5 s doubling to 60 s.
+    assert memory.shut_out("10.9.9.9", now + 1) > 30
+    # Once the table's shut-outs are over, a new address takes the room of one whose shut-out ended.
+    later = now + 100
+    assert memory.failed("10.0.1.1", later, 1) == (1, later + 0.5)
+    assert memory.shut_out("10.0.1.1", later + 0.1) == pytest.approx(0.4)

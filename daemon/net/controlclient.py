@@ -77,7 +77,8 @@ class TokenMemory:
     """The recent wrong tokens of every address, shared by all connections, and until when each address is shut out.
 
     `shut_out`, `failed` and `forgive` are called with `lock` held, from the shut-out check through the comparison of
-    the token: one token line is judged at a time, so two connections cannot both be heard in one gap between penalties."""
+    the token: one token line is judged at a time, so two connections cannot both be heard in one gap between penalties.
+    At most `capacity` addresses are held one by one; when all of them are still shut out, the others share one entry."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -85,24 +86,42 @@ class TokenMemory:
         # address -> (recent wrong tokens, monotonic time of the last, shut out until); in order of the last failure,
         # so the first is the address quiet longest.
         self._failures: dict[str, tuple[int, float, float]] = {}
+        # When the table is full of addresses still shut out, the addresses beyond it share one entry: forgetting a
+        # shut-out to make room would give a guesser with many source addresses (IPv6) a fresh 0.5 s on each.
+        self._overflow: tuple[int, float, float] = (0, -math.inf, -math.inf)
+        self.capacity = _TOKEN_MEMORY_ADDRESSES
+
+    def _entry(self, ip: str) -> tuple[int, float, float] | None:
+        entry = self._failures.get(ip)
+        if entry is None and len(self._failures) >= self.capacity:
+            return self._overflow
+        return entry
 
     def shut_out(self, ip: str, now: float) -> float:
         """Seconds until a token from `ip` is heard again; 0 when it is heard now."""
-        entry = self._failures.get(ip)
+        entry = self._entry(ip)
         return max(0.0, entry[2] - now) if entry is not None else 0.0
 
     def failed(self, ip: str, now: float, on_connection: int) -> tuple[int, float]:
         """Count a wrong token from `ip` (the `on_connection`th on its connection) and shut the address out. Returns its
         recent wrong tokens, this one included, and the monotonic time the shut-out ends."""
-        count, last, _ = self._failures.pop(ip, (0, now, now))
+        if ip not in self._failures and len(self._failures) >= self.capacity:
+            # Room from an address whose shut-out is over (the quiet longest first), else the shared entry.
+            done = next((a for a, (_, _, until) in self._failures.items() if until <= now), None)
+            if done is None:
+                self._overflow = entry = self._next(self._overflow, now, on_connection)
+                return entry[0], entry[2]
+            del self._failures[done]
+        entry = self._next(self._failures.pop(ip, (0, now, now)), now, on_connection)
+        self._failures[ip] = entry  # inserted last again: the dict stays in order of the last failure
+        return entry[0], entry[2]
+
+    @staticmethod
+    def _next(entry: tuple[int, float, float], now: float, on_connection: int) -> tuple[int, float, float]:
+        count, last, _ = entry
         count = 1 if now - last > _TOKEN_MEMORY_S else count + 1
         n = min(max(count, on_connection), 16)
-        until = now + min(_TOKEN_DELAY_S * 2 ** (n - 1), _MAX_TOKEN_DELAY_S)
-        self._failures[ip] = (count, now, until)  # inserted last again: the dict stays in order of the last failure
-        if len(self._failures) > _TOKEN_MEMORY_ADDRESSES:
-            # Many source addresses must not grow this forever; the one quiet longest is the likeliest to be done.
-            del self._failures[next(iter(self._failures))]
-        return count, until
+        return count, now, now + min(_TOKEN_DELAY_S * 2 ** (n - 1), _MAX_TOKEN_DELAY_S)
 
     def forgive(self, ip: str) -> None:
         """A right token: the address starts afresh."""
