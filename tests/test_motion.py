@@ -502,6 +502,7 @@ def test_parse_regions_needs_the_frame_for_bounds(region, problem):
         ({"name": "a=b", "rect": [0, 0, 10, 10]}, "names are"),
         ({"name": "", "rect": [0, 0, 10, 10]}, "needs a name"),
         ({"name": "a", "polygon": [[i, (i * 7) % 50] for i in range(257)]}, "polygon has 257 points; at most 256"),
+        ({"name": "a", "rect": [0, 0, 10, 10], "webhook": "http://h/" + "x" * 2048}, "at most 2048"),
     ],
 )
 def test_bad_regions_are_refused_with_the_reason(region, problem):
@@ -676,6 +677,16 @@ def test_bad_region_commands_change_nothing(tmp_path, line, problem):
     assert json.dumps(config.get("motion.regions")) == before
     run(motion, Scene(), 0.4, 5, lambda t: True)
     assert [r.spec.name for r in motion._regions] == ["press1"]
+
+
+def test_region_add_beyond_the_bound_says_why(tmp_path):
+    motion, config, *_ = make(tmp_path)
+    reg = commands(motion)
+    for i in range(63):
+        assert reg.dispatch(f"region add q{i} {i * 8} 0 6 6").ok
+    full = reg.dispatch("region add one_more 600 400 6 6")
+    assert not full.ok and full.message == "64 regions already, at most 64 (region del one first)", full.message
+    assert len(config.get("motion.regions")) == 64
 
 
 def test_region_commands_need_the_token_when_one_is_set(tmp_path):

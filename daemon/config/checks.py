@@ -149,6 +149,8 @@ def check_http_url(value: str) -> str:
     text = value.strip()
     if not text:
         return ""
+    if len(text) > 2048:
+        raise ValueError(f"is {len(text)} characters long; a URL may have at most 2048")
     try:
         parts = urlsplit(text)
         port_ok = parts.port is None or 0 < parts.port < 65536

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from daemon.commands import Command, Registry, Reply, Session
 from daemon.motion.machine import SETTLING
+from daemon.motion.regions import MAX_REGIONS
 
 if TYPE_CHECKING:
     from daemon.config import Section
@@ -152,13 +153,17 @@ class MotionCommands:
             current = list(self._cfg.regions)
             if any(isinstance(r, dict) and r.get("name") == name for r in current):
                 return Reply.error(f"region {name!r} exists already (region del {name} first)")
+            if len(current) >= MAX_REGIONS:
+                return Reply.error(f"{len(current)} regions already, at most {MAX_REGIONS} (region del one first)")
             # Checked with the regions already there (an already refused one is reported in `regions` and does not
             # block this one) and the masks, as the capture loop will take it on.
             compiled = self._motion.compile([*current, entry], self._cfg.masks)
             problem = compiled.reason(len(current))
             if problem is not None:
                 return Reply.error(problem)
-            geometry = next(g for g in compiled.geometries if g.spec.name == name)
+            geometry = next((g for g in compiled.geometries if g.spec.name == name), None)
+            if geometry is None:  # the list as a whole was refused
+                return Reply.error("; ".join(compiled.errors()) or f"region {name!r} was refused")
             try:
                 self._cfg.config.set("motion.regions", [*current, entry])
             except ValueError as exc:

@@ -214,6 +214,8 @@ def _parse_region(item: Any, frame_size: tuple[int, int] | None, index: int) -> 
     webhook = item.get("webhook")
     if webhook is not None and (not isinstance(webhook, str) or not re.match(r"^https?://\S+$", webhook)):
         raise ValueError(f"{where}: webhook must be an http:// or https:// URL without spaces")
+    if webhook is not None and len(webhook) > 2048:
+        raise ValueError(f"{where}: webhook is {len(webhook)} characters long; at most 2048")
     pixel_threshold = None if item.get("pixel_threshold") is None else _whole(item["pixel_threshold"], f"{where}: pixel_threshold", 1, 255)
     blur = None if item.get("blur") is None else _whole(item["blur"], f"{where}: blur", 0, 51)
     dilate = None if item.get("dilate") is None else _whole(item["dilate"], f"{where}: dilate", 0, 20)
