@@ -38,6 +38,8 @@ if str(ROOT) not in sys.path:  # the scripts run as `python bench/x.py`: make th
 
 import yaml  # noqa: E402
 
+from daemon.config import nest  # noqa: E402
+
 #: The scene of every benchmark, as the issue asks: synthetic source at 1024x768, ring 256x192.
 FRAME_W, FRAME_H = 1024, 768
 RING_W, RING_H = 256, 192
@@ -134,17 +136,6 @@ def http_json(port: int, path: str, timeout: float = 10.0) -> Any:
         return json.loads(resp.read())
 
 
-def _nest(overrides: dict[str, Any]) -> dict[str, Any]:
-    tree: dict[str, Any] = {}
-    for dotted, value in overrides.items():
-        node = tree
-        *parents, leaf = dotted.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return tree
-
-
 class DaemonProcess:
     """`python -m daemon --source synthetic` with a temporary config on free loopback ports."""
 
@@ -171,7 +162,7 @@ class DaemonProcess:
         }
         values.update(overrides or {})
         self.config_path = work / "config.yaml"
-        self.config_path.write_text(yaml.safe_dump(_nest(values)))
+        self.config_path.write_text(yaml.safe_dump(nest(values)))
         self.log_path = work / "daemon.log"
         self.proc: subprocess.Popen | None = None
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 from daemon.config.checks import parse_downscale, ring_frame_size
 from daemon.config.docs import commented_yaml, markdown_table
 from daemon.config.keys import ConfigError, Key, load_value
-from daemon.config.live import Config, Section
+from daemon.config.live import Config, Section, nest
 from daemon.config.paths import SYSTEM_ROOTS, allowed_roots, path_kind, path_refusal
 from daemon.config.redaction import redact, redact_text
 from daemon.config.schema import KEYS, PRIVATE_NETS, RENAMED, SCHEMA
@@ -38,6 +38,7 @@ __all__ = [
     "commented_yaml",
     "load_value",
     "markdown_table",
+    "nest",
     "parse_downscale",
     "path_kind",
     "path_refusal",

@@ -29,7 +29,8 @@ from daemon.storage.atomicfile import write_atomic
 log = logging.getLogger("picamd.config")
 
 
-def _nest(flat: dict[str, Any]) -> dict[str, Any]:
+def nest(flat: dict[str, Any]) -> dict[str, Any]:
+    """{"camera.width": 640} -> {"camera": {"width": 640}}: dotted names as the YAML file's sections."""
     out: dict[str, Any] = {}
     for name, value in flat.items():
         node = out
@@ -150,7 +151,7 @@ class Config:
         """Nested dict of every value; secrets shown as '***' when redact is on (see `redact`)."""
         with self._lock:
             flat = {n: (_redact(n, v) if redact else copy.deepcopy(v)) for n, v in self._values.items()}
-        return _nest(flat)
+        return nest(flat)
 
     def shown(self, name: str) -> Any:
         """The value of `name` as anyone may see it (secrets as ***)."""

@@ -322,8 +322,9 @@ class Motion:
         for gone in old.values():
             self.log.close_file(gone.spec.file_stem)
         views = self._views
-        said = layout.source != CONFIGURED or views.moved(layout.source)  # say where from, and when back to the config's
-        dropped = [self._region_status(r) for r in old.values()] if views.moved(layout.source) else []
+        moved = views.moved(layout.source)
+        said = layout.source != CONFIGURED or moved  # say where they come from, and when back to the config's
+        dropped = [self._region_status(r) for r in old.values()] if moved else []
         views.install(layout.source, dropped, [r.spec.name for r in installed])
         errors = layout.compiled.errors()
         self._passes = tuple(passes)
